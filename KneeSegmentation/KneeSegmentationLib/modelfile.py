@@ -1,0 +1,293 @@
+"""Model files: safetensors weights plus a JSON card of metadata, in a versioned folder.
+
+Layout: ``<models root>/<name>/v<N>/`` holding ``model.safetensors`` and ``model.json``. The JSON records
+the labels, the exact preprocessing (spacing, patch size, normalization), the network hyper-parameters, the
+SHA-256 of the weights, training summary and validation metrics. Weights are read with ``safetensors``,
+which cannot execute code; a pickle (``.pt``/``.pth``/``.ckpt``) is refused before it is opened by torch.
+A version folder is created by an atomic rename and never written again, so no model is ever overwritten.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .constants import BONES, NUM_CLASSES
+from .errors import ModelError
+from .network import UNet3D, UNetConfig
+
+FORMAT = "kneeseg-model/1"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model.json"
+VERSION_DIR = re.compile(r"^v(\d+)$")
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+# First bytes of a pickle (protocol 2+) and of a zip archive (torch.save's default container).
+PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")
+
+
+@dataclass
+class Preprocessing:
+    """How an image must be prepared before the network sees it; stored in the card under ``input``."""
+
+    spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    patch_size: tuple[int, int, int] = (96, 96, 96)
+    orientation: str = "LPS"  # the grid axes follow the patient axes (identity direction in ITK/LPS terms)
+    normalization: dict[str, float] = field(default_factory=lambda: {"lower_percentile": 1.0, "upper_percentile": 99.0})
+
+    def to_dict(self) -> dict:
+        return {
+            "spacing_mm": list(self.spacing_mm),
+            "patch_size": list(self.patch_size),
+            "orientation": self.orientation,
+            "normalization": dict(self.normalization),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(
+            spacing_mm=tuple(float(s) for s in d["spacing_mm"]),
+            patch_size=tuple(int(s) for s in d["patch_size"]),
+            orientation=str(d.get("orientation", "LPS")),
+            normalization={k: float(v) for k, v in d.get("normalization", {}).items()}
+            or {"lower_percentile": 1.0, "upper_percentile": 99.0},
+        )
+
+
+@dataclass
+class ModelCard:
+    """Everything about a model except its weights."""
+
+    name: str
+    version: int
+    network: UNetConfig
+    preprocessing: Preprocessing
+    labels: dict[int, str] = field(default_factory=lambda: {b.label: b.name for b in BONES})
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    parent: str | None = None  # "name/vN" this model was fine-tuned from
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    weights_sha256: str = ""
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}/v{self.version}"
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "description": self.description,
+            "parent": self.parent,
+            "labels": {str(k): v for k, v in sorted(self.labels.items())},
+            "network": self.network.to_dict(),
+            "input": self.preprocessing.to_dict(),
+            "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256},
+            "training": self.training,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelCard":
+        if d.get("format") != FORMAT:
+            raise ModelError(f"not a KneeSegmentation model card (format {d.get('format')!r}, expected {FORMAT!r})")
+        try:
+            return cls(
+                name=str(d["name"]),
+                version=int(d["version"]),
+                network=UNetConfig.from_dict(d["network"]),
+                preprocessing=Preprocessing.from_dict(d["input"]),
+                labels={int(k): str(v) for k, v in d["labels"].items()},
+                created=str(d.get("created", "")),
+                parent=d.get("parent"),
+                training=dict(d.get("training", {})),
+                metrics=dict(d.get("metrics", {})),
+                description=str(d.get("description", "")),
+                weights_sha256=str(d["weights"]["sha256"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"model card is malformed: {e!r}") from e
+
+
+@dataclass
+class LoadedModel:
+    card: ModelCard
+    network: UNet3D
+    path: Path
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _refuse_pickles(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelError(f"{path.name}: pickled model files are refused (they can execute code); "
+                         "use a KneeSegmentation model folder with model.safetensors and model.json")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if any(head.startswith(m) for m in PICKLE_MAGICS):
+        raise ModelError(f"{path.name}: this is a pickle or torch.save archive, not safetensors; refused "
+                         "because loading it could execute code")
+
+
+def read_card(model_dir: Path | str) -> ModelCard:
+    """Reads and validates ``model.json`` of a version folder (does not touch the weights)."""
+    model_dir = Path(model_dir)
+    card_path = model_dir / CARD_FILE
+    if not card_path.is_file():
+        raise ModelError(f"{model_dir}: no {CARD_FILE} (not a KneeSegmentation model folder)")
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{card_path}: unreadable model card ({e})") from e
+    if not isinstance(data, dict):
+        raise ModelError(f"{card_path}: model card is not a JSON object")
+    return ModelCard.from_dict(data)
+
+
+def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedModel:
+    """Loads a model folder (or its ``model.json`` / ``model.safetensors``) safely.
+
+    Refuses pickles, checks the weights' SHA-256 against the card, and checks every tensor's name and shape
+    against the network the card describes, so a broken or hostile file fails with a ``ModelError``.
+    """
+    path = Path(path)
+    if path.is_file():
+        _refuse_pickles(path)
+        path = path.parent
+    if not path.is_dir():
+        raise ModelError(f"model not found: {path}")
+    card = read_card(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelError(f"{path}: {WEIGHTS_FILE} is missing")
+    _refuse_pickles(weights)
+    digest = sha256_of(weights)
+    if digest != card.weights_sha256:
+        raise ModelError(f"{weights}: checksum mismatch (file {digest[:12]}…, card {card.weights_sha256[:12]}…); "
+                         "the file is damaged or was modified")
+    if card.network.out_channels != NUM_CLASSES or sorted(card.labels) != list(range(1, NUM_CLASSES)):
+        raise ModelError(f"{path}: the model's labels {card.labels} do not match Femur/Tibia/Fibula")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"{weights}: not a valid safetensors file ({e})") from e
+    net = UNet3D(card.network)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"{weights}: weights do not fit the network in the card: {str(e).splitlines()[0]}") from e
+    net.eval().to(device)
+    return LoadedModel(card=card, network=net, path=path)
+
+
+def _versions_in(name_dir: Path) -> list[int]:
+    if not name_dir.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in name_dir.iterdir() if (m := VERSION_DIR.match(p.name)) and p.is_dir())
+
+
+def save_model(network: torch.nn.Module, card: ModelCard, root: Path | str, version: int | None = None) -> Path:
+    """Writes a new version folder ``root/<name>/v<N>`` atomically and returns it.
+
+    ``version=None`` takes the next free number. The folder is assembled under a temporary name in the same
+    directory and renamed into place; if ``v<N>`` exists already this raises instead of overwriting.
+    """
+    name_dir = Path(root) / card.name
+    name_dir.mkdir(parents=True, exist_ok=True)
+    if version is None:
+        version = max(_versions_in(name_dir), default=0) + 1
+    final = name_dir / f"v{version}"
+    if final.exists():
+        raise ModelError(f"{final} exists already; models are never overwritten")
+    tmp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=name_dir))
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        card.version = version
+        card.weights_sha256 = sha256_of(tmp / WEIGHTS_FILE)
+        (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
+        try:
+            os.rename(tmp, final)  # atomic; fails if ``final`` appeared meanwhile (non-empty dir)
+        except OSError as e:
+            raise ModelError(f"{final} exists already; models are never overwritten") from e
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model version found on disk, for pickers and ``kneeseg info``."""
+
+    name: str
+    version: int
+    path: Path
+    card: ModelCard
+
+
+def bundled_models_root() -> Path:
+    """``Resources/Models`` of this checkout or installed extension."""
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
+
+
+def user_models_root() -> Path:
+    """Where retrained models go: ``$KNEESEG_USER_MODELS`` or ``~/.kneesegmentation/Models``."""
+    env = os.environ.get("KNEESEG_USER_MODELS")
+    return Path(env) if env else Path.home() / ".kneesegmentation" / "Models"
+
+
+def list_models(roots: Iterable[Path] | None = None) -> list[ModelEntry]:
+    """All readable model versions under ``roots`` (bundled and user roots by default), sorted by name and
+    version. Unreadable folders are skipped here; loading them reports why."""
+    roots = list(roots) if roots is not None else [bundled_models_root(), user_models_root()]
+    found: list[ModelEntry] = []
+    for root in roots:
+        if not Path(root).is_dir():
+            continue
+        for name_dir in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for v in _versions_in(name_dir):
+                path = name_dir / f"v{v}"
+                try:
+                    card = read_card(path)
+                except ModelError:
+                    continue
+                found.append(ModelEntry(card.name, card.version, path, card))
+    return sorted(found, key=lambda e: (e.name, e.version))
+
+
+def default_model(roots: Iterable[Path] | None = None) -> ModelEntry:
+    """The newest version of the bundled model family unless a ``DEFAULT`` file in the name folder pins one."""
+    entries = list_models(roots)
+    if not entries:
+        raise ModelError("no KneeSegmentation model found; install the extension's bundled model or pass --model")
+    name = entries[0].name
+    pinned = None
+    for e in entries:
+        pin_file = e.path.parent / "DEFAULT"
+        if pin_file.is_file():
+            pinned = pin_file.read_text().strip()
+    if pinned:
+        for e in entries:
+            if e.path.name == pinned and e.path.parent.name == name:
+                return e
+    return max((e for e in entries if e.name == name), key=lambda e: e.version)
