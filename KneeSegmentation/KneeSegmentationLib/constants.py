@@ -22,9 +22,9 @@ class Bone:
 # Colours: distinct on greyscale MRI and between neighbours (femur and tibia touch, tibia and fibula touch).
 # Femur uses the bone colour of Slicer's generic anatomy table (241, 214, 145); tibia and fibula are shifted
 # in hue so the joint line and the tibiofibular joint stay visible.
-FEMUR = Bone(1, "Femur", (241 / 255, 214 / 255, 145 / 255), "71341001", "Bone structure of femur")
-TIBIA = Bone(2, "Tibia", (216 / 255, 132 / 255, 105 / 255), "12611008", "Bone structure of tibia")
-FIBULA = Bone(3, "Fibula", (111 / 255, 184 / 255, 210 / 255), "87342007", "Bone structure of fibula")
+FEMUR = Bone(1, "Femur", (241 / 255, 214 / 255, 145 / 255), "71341001", "Femur")
+TIBIA = Bone(2, "Tibia", (216 / 255, 132 / 255, 105 / 255), "12611008", "Tibia")
+FIBULA = Bone(3, "Fibula", (111 / 255, 184 / 255, 210 / 255), "87342007", "Fibula")
 
 BONES: tuple[Bone, ...] = (FEMUR, TIBIA, FIBULA)
 BONE_BY_LABEL: dict[int, Bone] = {b.label: b for b in BONES}

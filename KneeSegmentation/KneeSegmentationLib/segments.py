@@ -1,0 +1,161 @@
+"""Labelmaps ↔ MRML segmentation nodes: named, coloured, terminology-tagged Femur/Tibia/Fibula segments.
+
+Segments are created through Slicer's own segmentations logic, with the input volume as reference geometry,
+so they are ready for the Segment Editor. The reverse (an edited segmentation back to a labelmap) exports
+the three bones by name, in a fixed label order, onto the reference volume's full grid, which makes the round
+trip exact (without a reference the export is cropped to the segments' extent).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import vtk
+
+import slicer
+
+from .constants import BONES, CATEGORY_CODE, CATEGORY_MEANING, MODEL_TAG, SNOMED_SCHEME, TERMINOLOGY_CONTEXT, Bone
+from .errors import InputError
+from .mrml import image_from_volume_node, segmentations_logic, volume_node_from_image
+
+
+def terminology_entry(bone: Bone) -> str:
+    """Slicer's serialized terminology string for ``bone`` (SNOMED CT category and type)."""
+    entry = slicer.vtkSlicerTerminologyEntry()
+    entry.SetTerminologyContextName(TERMINOLOGY_CONTEXT)
+    for obj, code, meaning in ((entry.GetCategoryObject(), CATEGORY_CODE, CATEGORY_MEANING),
+                               (entry.GetTypeObject(), bone.snomed_code, bone.snomed_meaning)):
+        obj.SetCodingSchemeDesignator(SNOMED_SCHEME)
+        obj.SetCodeValue(code)
+        obj.SetCodeMeaning(meaning)
+    return slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(entry)
+
+
+def _style_segment(segment, bone: Bone, model_tag: str | None) -> None:
+    segment.SetName(bone.name)
+    segment.SetColor(*bone.color)
+    segment.SetTag(segment.GetTerminologyEntryTagName(), terminology_entry(bone))
+    if model_tag:
+        segment.SetTag(MODEL_TAG, model_tag)
+
+
+def labelmap_to_segmentation(scene, labelmap: sitk.Image, reference_volume_node, name: str = "Knee segmentation",
+                             segmentation_node=None, model_tag: str | None = None):
+    """Creates (or fills ``segmentation_node``, whose segments are replaced) a segmentation node with one
+    segment per bone present in ``labelmap``; every bone absent from it still gets an empty segment, so
+    the user always finds Femur, Tibia and Fibula to edit."""
+    if labelmap.GetDimension() != 3:
+        raise InputError("a labelmap must be 3D")
+    array = sitk.GetArrayViewFromImage(labelmap)
+    unknown = set(np.unique(array).tolist()) - {0} - {b.label for b in BONES}
+    if unknown:
+        raise InputError(f"labelmap has values {sorted(unknown)} that are not bones (1 Femur, 2 Tibia, 3 Fibula)")
+    logic = segmentations_logic(scene)
+    label_node = volume_node_from_image(scene, sitk.Cast(labelmap, sitk.sitkUInt8), "__kneeseg_labels", labelmap=True)
+    try:
+        if segmentation_node is None:
+            segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+            segmentation_node.CreateDefaultDisplayNodes()
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+        segmentation = segmentation_node.GetSegmentation()
+        segmentation.RemoveAllSegments()
+        if not logic.ImportLabelmapToSegmentationNode(label_node, segmentation_node):
+            raise InputError("Slicer could not import the labelmap into the segmentation")
+        by_label = _segments_by_label(segmentation)
+        for bone in BONES:
+            segment_id = by_label.get(bone.label)
+            if segment_id is None:
+                segment_id = segmentation.AddEmptySegment(bone.name, bone.name, list(bone.color))
+            _style_segment(segmentation.GetSegment(segment_id), bone, model_tag)
+        _order_segments(segmentation)
+    finally:
+        scene.RemoveNode(label_node)
+    return segmentation_node
+
+
+def _segments_by_label(segmentation) -> dict[int, str]:
+    """Maps the label value of each imported segment (kept in its ``LabelValue``) to its segment ID."""
+    out: dict[int, str] = {}
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(i)
+        segment = segmentation.GetSegment(segment_id)
+        out[int(segment.GetLabelValue())] = segment_id
+    return out
+
+
+def _order_segments(segmentation) -> None:
+    for index, bone in enumerate(BONES):
+        segment_id = segmentation.GetSegmentIdBySegmentName(bone.name)
+        if segment_id:
+            segmentation.SetSegmentIndex(segment_id, index)
+
+
+def segmentation_to_labelmap(segmentation_node, reference_volume_node) -> sitk.Image:
+    """The bones of ``segmentation_node`` as a uint8 labelmap on ``reference_volume_node``'s grid, exactly.
+    Segments are found by name (Femur, Tibia, Fibula); other segments are ignored; where edited segments
+    overlap, the bone listed later wins, as in Slicer's own export."""
+    scene = segmentation_node.GetScene()
+    logic = segmentations_logic(scene)
+    segmentation = segmentation_node.GetSegmentation()
+    ids = vtk.vtkStringArray()
+    labels = []
+    for bone in BONES:
+        segment_id = segmentation.GetSegmentIdBySegmentName(bone.name)
+        if segment_id:
+            ids.InsertNextValue(segment_id)
+            labels.append(bone.label)
+    if ids.GetNumberOfValues() == 0:
+        raise InputError(f"segmentation '{segmentation_node.GetName()}' has no Femur, Tibia or Fibula segment")
+    label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__kneeseg_export")
+    try:
+        ok = logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, label_node, reference_volume_node)
+        if not ok:
+            raise InputError("Slicer could not export the segmentation to a labelmap")
+        exported = image_from_volume_node(label_node)
+    finally:
+        scene.RemoveNode(label_node)
+    # The export numbers segments 1..n in the order given; map them back to bone label values.
+    array = sitk.GetArrayFromImage(exported)
+    out = np.zeros(array.shape, np.uint8)
+    for index, label in enumerate(labels, start=1):
+        out[array == index] = label
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(exported)
+    return image
+
+
+def save_segmentation(segmentation_node, path: str | Path) -> Path:
+    """Writes ``.seg.nrrd`` through MRML's segmentation storage node, atomically (temp file, then rename)."""
+    path = Path(path)
+    if not path.name.endswith(".seg.nrrd"):
+        raise InputError(f"{path.name}: a segmentation file must end with .seg.nrrd")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".seg.nrrd", dir=path.parent, prefix=".tmp-")
+    os.close(fd)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(tmp)
+    try:
+        if not storage.WriteData(segmentation_node):
+            raise InputError(f"could not write {path}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_segmentation(scene, path: str | Path, name: str | None = None):
+    """Reads a ``.seg.nrrd`` into a new segmentation node of ``scene``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"segmentation file not found: {path}")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or path.name.replace(".seg.nrrd", ""))
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        raise InputError(f"could not read the segmentation {path}")
+    return node
