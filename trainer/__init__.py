@@ -1,0 +1,1 @@
+"""Trainer of the KneeSegmentation model: synthesis, training, evaluation, export."""
