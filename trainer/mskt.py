@@ -87,19 +87,31 @@ def _ensure_sdist(cache: Path) -> Path:
             return target
         target.unlink()  # a corrupt or foreign file: fetch again rather than trust it
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", f"mskt=={MSKT_VERSION}", "--no-deps",
-               "--no-binary", ":all:", "--disable-pip-version-check", "-d", tmp]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / SDIST_NAME
-        if result.returncode != 0 or not got.is_file():
-            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            raise DatasetError(f"Could not download the mskt {MSKT_VERSION} sdist with pip "
-                               f"({' '.join(cmd)}): {' | '.join(tail) or 'no sdist produced'}")
+        got = _pip_download(Path(tmp))
         digest = _sha256(got)
         if digest != SDIST_SHA256:
             raise DatasetError(f"{SDIST_NAME} has SHA-256 {digest}, expected {SDIST_SHA256}; refusing to use it.")
         os.replace(got, target)
     return target
+
+
+def _pip_download(folder: Path) -> Path:
+    """Downloads the sdist (never a wheel) into ``folder``.
+
+    pip prepares an sdist's metadata even for ``download``; mskt's build requirements (numpy, Cython) are
+    heavy, so we first try without build isolation (setuptools of this environment suffices), then with it.
+    """
+    base = [sys.executable, "-m", "pip", "download", f"mskt=={MSKT_VERSION}", "--no-deps",
+            "--no-binary", "mskt", "--disable-pip-version-check", "-d", str(folder)]
+    errors = []
+    for extra in (["--no-build-isolation"], []):
+        result = subprocess.run(base + extra, capture_output=True, text=True)
+        got = folder / SDIST_NAME
+        if result.returncode == 0 and got.is_file():
+            return got
+        tail = (result.stderr or result.stdout).strip().splitlines()[-2:]
+        errors.append(f"`{' '.join(base + extra)}`: {' | '.join(tail) or 'no sdist produced'}")
+    raise DatasetError(f"Could not download the mskt {MSKT_VERSION} sdist with pip. " + " ; ".join(errors))
 
 
 def _wanted(relative: PurePosixPath) -> bool:
