@@ -133,6 +133,7 @@ def _safe_relative(name: str) -> PurePosixPath | None:
 def _extract_needed(sdist: Path, destination: Path) -> None:
     """Extracts the wanted regular files into a temporary folder, then renames it into place."""
     tmp = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".extract-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared by the user's tools
     try:
         with tarfile.open(sdist, "r:gz") as archive:
             for member in archive:
