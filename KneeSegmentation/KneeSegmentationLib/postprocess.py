@@ -93,7 +93,7 @@ def clean_labels(labels: np.ndarray, spacing: tuple[float, float, float]) -> np.
         largest = max(sizes.values())
         keep = [lab for lab, n in sizes.items() if n >= MIN_COMPONENT_FRACTION * largest]
         kept = np.isin(sitk.GetArrayViewFromImage(cc), keep)
-        filled = sitk.GetArrayViewFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(kept.astype(np.uint8)), True)) > 0
+        filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(kept.astype(np.uint8)), True)) > 0
         # A filled hole may only take voxels no other bone has claimed.
         cleaned[filled & ((crop == 0) | mask) & (cleaned == 0)] = bone.label
     out[box] = cleaned

@@ -86,7 +86,7 @@ def inside_mask(image: sitk.Image, reference: sitk.Image) -> np.ndarray:
     """Boolean array (z, y, x) of the reference voxels that fall inside the acquired image."""
     ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(image)
-    return sitk.GetArrayViewFromImage(resample_to_grid(ones, reference, sitk.sitkNearestNeighbor, 0)) > 0
+    return sitk.GetArrayFromImage(resample_to_grid(ones, reference, sitk.sitkNearestNeighbor, 0)) > 0
 
 
 def normalize(
@@ -106,7 +106,7 @@ def normalize(
     lo, hi = np.percentile(values, [lower_percentile, upper_percentile])
     if not np.isfinite(lo) or not np.isfinite(hi) or hi - lo <= 1e-6 * max(abs(hi), 1.0):
         raise InputError("the image is constant in the region to segment; there is nothing to see")
-    out = (array - lo) / (hi - lo)
+    out = ((array - lo) / (hi - lo)).astype(np.float32)
     np.clip(out, *NORMALIZED_RANGE, out=out)
     out[~mask] = 0.0
     return out

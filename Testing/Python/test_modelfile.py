@@ -1,0 +1,110 @@
+"""Model files: safe loading, checksums, versions that are never overwritten."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from KneeSegmentationLib.errors import ModelError
+from KneeSegmentationLib.modelfile import (CARD_FILE, WEIGHTS_FILE, ModelCard, Preprocessing, default_model,
+                                           list_models, load_model, read_card, save_model)
+from KneeSegmentationLib.network import UNet3D, UNetConfig
+
+CONFIG = UNetConfig(features=(4, 8))
+
+
+def _card(name="m") -> ModelCard:
+    return ModelCard(name=name, version=0, network=CONFIG, preprocessing=Preprocessing())
+
+
+def test_save_and_load_round_trip(tmp_path):
+    net = UNet3D(CONFIG)
+    path = save_model(net, _card(), tmp_path)
+    assert path == tmp_path / "m" / "v1"
+    loaded = load_model(path)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, loaded.network.state_dict()[k])
+    assert loaded.card.weights_sha256 and loaded.card.version == 1
+
+
+def test_versions_are_never_overwritten(tmp_path):
+    first = save_model(UNet3D(CONFIG), _card(), tmp_path)
+    before = (first / WEIGHTS_FILE).read_bytes()
+    second = save_model(UNet3D(CONFIG), _card(), tmp_path)
+    assert second.name == "v2" and (first / WEIGHTS_FILE).read_bytes() == before
+    with pytest.raises(ModelError, match="never overwritten"):
+        save_model(UNet3D(CONFIG), _card(), tmp_path, version=1)
+    assert (first / WEIGHTS_FILE).read_bytes() == before
+    assert [e.version for e in list_models([tmp_path])] == [1, 2]
+    assert default_model([tmp_path]).version == 2
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_checksum_mismatch_is_refused(tmp_path):
+    path = save_model(UNet3D(CONFIG), _card(), tmp_path)
+    data = bytearray((path / WEIGHTS_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (path / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        load_model(path)
+
+
+class _Hostile:
+    """Unpickling this writes a file: the attack a pickled model file can carry."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (os.system, (f"echo pwned > {self.target}",))
+
+
+def test_hostile_pickle_is_refused_and_never_executed(tmp_path):
+    target = tmp_path / "pwned.txt"
+    good = save_model(UNet3D(CONFIG), _card(), tmp_path / "models")
+    payload = pickle.dumps(_Hostile(target))
+    # 1) a .pt file handed over directly
+    (tmp_path / "model.pt").write_bytes(payload)
+    with pytest.raises(ModelError, match="refused"):
+        load_model(tmp_path / "model.pt")
+    # 2) a pickle disguised as model.safetensors with a matching checksum in its card
+    evil = tmp_path / "evil" / "v1"
+    shutil.copytree(good, evil)
+    (evil / WEIGHTS_FILE).write_bytes(payload)
+    card = json.loads((evil / CARD_FILE).read_text())
+    import hashlib
+
+    card["weights"]["sha256"] = hashlib.sha256(payload).hexdigest()
+    (evil / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="pickle"):
+        load_model(evil)
+    # 3) a torch.save archive (zip of pickles)
+    torch.save({"x": _Hostile(target)}, tmp_path / "archive.safetensors")
+    with pytest.raises(ModelError):
+        load_model(tmp_path / "archive.safetensors")
+    assert not target.exists()
+
+
+def test_malformed_cards_and_weights(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "missing")
+    path = save_model(UNet3D(CONFIG), _card(), tmp_path)
+    (path / CARD_FILE).write_text("{not json")
+    with pytest.raises(ModelError, match="unreadable"):
+        read_card(path)
+    (path / CARD_FILE).write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ModelError, match="not a KneeSegmentation model card"):
+        load_model(path)
+
+
+def test_weights_that_do_not_fit_the_card_are_refused(tmp_path):
+    path = save_model(UNet3D(CONFIG), _card(), tmp_path)
+    card = json.loads((path / CARD_FILE).read_text())
+    card["network"]["features"] = [8, 16]
+    (path / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="do not fit"):
+        load_model(path)

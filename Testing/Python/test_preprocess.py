@@ -1,0 +1,100 @@
+"""Model grid, normalization, crop and paste-back."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from KneeSegmentationLib.errors import InputError
+from KneeSegmentationLib.postprocess import clean_labels, probabilities_to_labels
+from KneeSegmentationLib.preprocess import (RoiBox, grid_covering, inside_mask, model_grid_around, normalize,
+                                            physical_bounds, prepare_input, resample_to_grid)
+
+from phantom import centered_grid, phantom, phantom_labels
+
+
+def test_model_grid_is_centred_and_axis_aligned():
+    grid = model_grid_around((10.0, -5.0, 3.0), (1.5, 1.5, 1.5), (32, 32, 32))
+    lo, hi = physical_bounds(grid)
+    assert np.allclose((lo + hi) / 2, (10, -5, 3))
+    assert grid.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
+
+
+def test_grid_covering_grows_spacing_only_when_needed():
+    small = centered_grid((50, 50, 50), (1.0, 1.0, 1.0))
+    assert grid_covering(small, 1.5, (96, 96, 96)).GetSpacing()[0] == pytest.approx(1.5)
+    big = centered_grid((400, 400, 300), (1.0, 1.0, 1.0))
+    grid = grid_covering(big, 1.5, (96, 96, 96))
+    lo, hi = physical_bounds(grid)
+    blo, bhi = physical_bounds(big)
+    assert np.all(lo <= blo) and np.all(hi >= bhi)
+
+
+def test_oblique_image_lands_on_the_right_place():
+    rot = sitk.VersorTransform((0.3, 0.2, 1.0), 0.5).GetMatrix()  # oblique, anisotropic acquisition
+    _, labels = phantom(size=(60, 60, 30), spacing=(1.5, 1.5, 4.0), direction=rot)
+    grid = model_grid_around((0, 0, 0), (2.0, 2.0, 2.0), (48, 48, 48))
+    resampled = sitk.GetArrayFromImage(resample_to_grid(labels, grid, sitk.sitkNearestNeighbor))
+    truth = sitk.GetArrayFromImage(phantom_labels(grid))
+    inside = inside_mask(labels, grid)
+    for k in (1, 2):
+        a, b = resampled[inside] == k, truth[inside] == k
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9
+
+
+def test_normalize_is_robust_and_masks_outside():
+    rng = np.random.default_rng(0)
+    x = rng.normal(100, 10, (20, 20, 20)).astype(np.float32)
+    x[0, 0, 0] = 1e6  # one hot voxel must not change the scale
+    mask = np.ones(x.shape, bool)
+    mask[:, :, :2] = False
+    out = normalize(x, mask)
+    assert out.dtype == np.float32
+    assert np.all(out[~mask] == 0)
+    assert 0.4 < np.median(out[mask]) < 0.6 and out.max() <= 1.5
+    assert np.allclose(normalize(3 * x + 7, mask), out, atol=1e-5)  # contrast and offset invariant
+
+
+@pytest.mark.parametrize("bad", [np.zeros((8, 8, 8), np.float32), np.full((8, 8, 8), 5.0, np.float32)])
+def test_normalize_refuses_constant(bad):
+    with pytest.raises(InputError, match="constant"):
+        normalize(bad)
+
+
+def test_prepare_input_outside_image_is_zero():
+    image, _ = phantom(size=(40, 40, 20), spacing=(2.0, 2.0, 2.0))
+    grid = model_grid_around((30.0, 0.0, 0.0), (2.0, 2.0, 2.0), (32, 32, 32))  # partly outside the image
+    x = prepare_input(image, grid, {"lower_percentile": 1, "upper_percentile": 99})
+    mask = inside_mask(image, grid)
+    assert 0.2 < mask.mean() < 0.8 and np.all(x[~mask] == 0)
+
+
+def test_crop_and_paste_back_is_identity():
+    """One-hot labels moved onto a sub-grid of the input and pasted back give the input labels there and
+    background elsewhere."""
+    image, labels = phantom(size=(64, 64, 48), spacing=(2.0, 2.0, 2.0))
+    grid = model_grid_around((0.0, 0.0, 0.0), (2.0, 2.0, 2.0), (40, 40, 40))
+    on_grid = sitk.GetArrayFromImage(resample_to_grid(labels, grid, sitk.sitkNearestNeighbor))
+    prob = np.stack([(on_grid == k).astype(np.float32) for k in range(4)])
+    back = probabilities_to_labels(prob, grid, labels)
+    truth = sitk.GetArrayFromImage(labels)
+    region = sitk.GetArrayFromImage(resample_to_grid(grid + 1, labels, sitk.sitkNearestNeighbor)) > 0
+    assert np.array_equal(back[region], truth[region])
+    assert not back[~region].any()
+
+
+def test_clean_labels_removes_islands_and_fills_holes():
+    _, labels = phantom(size=(48, 48, 40), spacing=(2.0, 2.0, 2.0))
+    lab = sitk.GetArrayFromImage(labels)
+    noisy = lab.copy()
+    noisy[2, 2, 2] = 1  # a speck of "femur" far from the femur
+    zf, yf, xf = np.argwhere(lab == 1).mean(axis=0).astype(int)
+    noisy[zf, yf, xf] = 0  # a hole inside the femur
+    cleaned = clean_labels(noisy, labels.GetSpacing())
+    assert cleaned[2, 2, 2] == 0 and cleaned[zf, yf, xf] == 1
+    assert np.array_equal(cleaned, lab)
+
+
+def test_roi_box_validates():
+    with pytest.raises(InputError):
+        RoiBox((0, 0, 0), (10, -1, 10))
