@@ -1,0 +1,188 @@
+"""``python -m trainer`` / ``kneeseg-train``: prepare, preview, train, finetune, evaluate, export.
+
+Typical session::
+
+    python -m trainer prepare --out runs/dataset                 # fetch mskt 0.1.22, build the dataset
+    python -m trainer preview --dataset runs/dataset --out preview.png
+    python -m trainer train --dataset runs/dataset --run runs/v1  # resumes if runs/v1/last.pt exists
+    python -m trainer evaluate --run runs/v1 --out runs/v1/eval
+    python -m trainer export --run runs/v1 --eval runs/v1/eval --root Resources/Models --version 1
+    python -m trainer finetune --model Resources/Models/knee-bones/v1 --cases my_cases --dataset runs/dataset \\
+        --run runs/ft1                                           # writes a NEW version to the user models
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from KneeSegmentationLib.errors import KneeSegError
+
+from .config import TrainConfig
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in text.split(","))
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--dataset", required=True, type=Path, help="folder written by `prepare`")
+    p.add_argument("--run", required=True, type=Path, help="run folder (checkpoints, logs); resumes if present")
+    p.add_argument("--features", type=_ints, default=d.features, help="U-Net widths, e.g. 8,16,32,64")
+    p.add_argument("--spacing", type=float, default=d.spacing_mm, help="model grid spacing (mm)")
+    p.add_argument("--patch", type=_ints, default=d.patch, help="inference window (voxels), e.g. 96,96,96")
+    p.add_argument("--crop", type=_ints, default=d.crop, help="training sample size (voxels)")
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--val-cases", type=int, default=d.val_cases)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop cleanly after this long")
+    p.add_argument("--budget-minutes", type=float, default=d.budget_minutes,
+                   help="fit the number of steps (and the LR decay) to this wall-clock budget")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: default)")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--fresh", action="store_true", help="do not resume from RUN/last.pt")
+
+
+def _config(a: argparse.Namespace, **extra) -> TrainConfig:
+    return TrainConfig(
+        dataset=str(a.dataset), run_dir=str(a.run), features=tuple(a.features), spacing_mm=a.spacing,
+        patch=tuple(a.patch), crop=tuple(a.crop), batch=a.batch, lr=a.lr, steps=a.steps, warmup=a.warmup,
+        val_every=a.val_every, val_cases=a.val_cases, patience=a.patience, checkpoint_every=a.checkpoint_every,
+        log_every=a.log_every, seed=a.seed, max_minutes=a.max_minutes, budget_minutes=a.budget_minutes,
+        threads=a.threads, amp=not a.no_amp,
+        **extra)
+
+
+def cmd_prepare(a: argparse.Namespace) -> None:
+    from .dataset import mskt_sources, prepare
+
+    if a.data is None:
+        from .mskt import fetch_mskt
+
+        a.data = fetch_mskt(a.cache)
+    out = prepare(mskt_sources(a.data), a.out)
+    print(f"dataset written to {out}")
+
+
+def cmd_preview(a: argparse.Namespace) -> None:
+    import torch
+
+    from .dataset import load_dataset
+    from .generator import Generator
+    from .preview import draw_samples, measure_speed
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    maps = load_dataset(a.dataset, ("train",))
+    generator = Generator(maps, a.spacing, a.crop)
+    samples, speed = measure_speed(generator, a.n, a.seed)
+    print(f"generator: {speed:.2f} samples/s ({'x'.join(map(str, a.crop))} at {a.spacing} mm, "
+          f"torch threads {torch.get_num_threads()})")
+    print(f"preview written to {draw_samples(samples, a.out, f'{a.n} samples, seed {a.seed}')}")
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from .train import train
+
+    cfg = _config(a)
+    if not a.fresh and (a.run / "config.json").is_file() and (a.run / "last.pt").is_file():
+        cfg = TrainConfig.load(a.run / "config.json")
+        cfg.max_minutes, cfg.steps = a.max_minutes or cfg.max_minutes, max(cfg.steps, a.steps)
+    train(cfg, resume=not a.fresh)
+
+
+def cmd_finetune(a: argparse.Namespace) -> None:
+    from .finetune import finetune
+
+    out = finetune(a.model, a.cases, _config(a, init_model=str(a.model), cases=str(a.cases),
+                                            case_fraction=a.case_fraction), a.root, resume=not a.fresh)
+    print(f"fine-tuned model written to {out}")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+
+    evaluate(a.model, a.dataset, a.out, run=a.run, cases=a.cases, n_cases=a.n, seed=a.seed,
+             echoes=not a.no_echoes, data=a.data)
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from .export import export
+
+    print(f"model written to {export(a.run, a.root, a.name, a.version, a.eval, a.description)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kneeseg-train", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="fetch the mskt label maps and build a synthesis dataset")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--data", type=Path, help="an extracted mskt data/ folder (default: fetch with pip)")
+    p.add_argument("--cache", type=Path, help="download cache (default $KNEESEG_CACHE or ~/.cache/kneesegmentation)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("preview", help="PNG grid of synthetic samples and the generator's speed")
+    p.add_argument("--dataset", required=True, type=Path)
+    p.add_argument("--out", type=Path, default=Path("preview.png"))
+    p.add_argument("--n", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spacing", type=float, default=TrainConfig.spacing_mm)
+    p.add_argument("--crop", type=_ints, default=TrainConfig().crop)
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("train", help="train (or resume) a model on synthetic images")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="continue a model on corrected cases mixed with synthetic images")
+    _add_train_options(p)
+    p.add_argument("--model", required=True, type=Path, help="model version folder to start from")
+    p.add_argument("--cases", required=True, type=Path, help="folder of corrected cases")
+    p.add_argument("--case-fraction", type=float, default=TrainConfig.case_fraction)
+    p.add_argument("--root", type=Path, default=None, help="models root for the new version (default: user models)")
+    p.set_defaults(func=cmd_finetune, steps=200, warmup=20, lr=5e-4)
+
+    p = sub.add_parser("evaluate", help="metrics on held-out maps (fixed contrasts), corrected cases, echoes")
+    p.add_argument("--model", type=Path, help="model version folder (or use --run)")
+    p.add_argument("--run", type=Path, help="run folder: evaluates its best.pt")
+    p.add_argument("--dataset", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--cases", type=Path, help="folder of corrected cases")
+    p.add_argument("--n", type=int, default=4, help="rendered cases per map")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--no-echoes", action="store_true", help="skip the real multi-echo consistency check")
+    p.add_argument("--data", type=Path, help="mskt data/ folder (default: fetch with pip)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a run's best weights as a new model version with its card")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--root", type=Path, default=None, help="models root (default: the bundled Resources/Models)")
+    p.add_argument("--name", default="knee-bones")
+    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--eval", type=Path, help="evaluation folder (metrics.json) to record in the card")
+    p.add_argument("--description", default="")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KneeSegError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

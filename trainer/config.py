@@ -1,0 +1,60 @@
+"""The settings of a training run, one dataclass saved as ``config.json`` in the run folder (resume reads it)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .losses import DEFAULT_CLASS_WEIGHTS
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = ""
+    run_dir: str = ""
+    features: tuple[int, ...] = (8, 16, 32, 64)
+    spacing_mm: float = 1.5  # model grid (inference spacing)
+    patch: tuple[int, int, int] = (96, 96, 96)  # inference window; validation cases use it too
+    crop: tuple[int, int, int] = (64, 64, 64)  # training sample size
+    batch: int = 2
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    steps: int = 3000
+    min_lr_fraction: float = 0.02
+    class_weights: tuple[float, ...] = DEFAULT_CLASS_WEIGHTS
+    val_every: int = 200
+    val_cases: int = 6  # held-out (val-role) maps for Femur/Tibia; a third of them on the fibula map
+    patience: int = 8  # validations without improvement before early stopping
+    checkpoint_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    val_seed: int = 20261123  # fixed contrasts of the validation cases, never drawn in training
+    max_minutes: float = 0.0  # 0 = no time limit; otherwise stop (and save) after this many minutes
+    # Time budget: when > 0, the total number of steps is re-estimated (after ``CALIBRATION_STEPS`` and at
+    # every validation) from the measured seconds per step, so that the cosine decay ends when the budget
+    # does, whatever the machine's load. The schedule then depends on timing: not bit-reproducible.
+    budget_minutes: float = 0.0
+    threads: int = 0  # torch CPU threads (0 = torch default)
+    amp: bool = True  # mixed precision on CUDA
+    normalization: dict = field(default_factory=lambda: {"lower_percentile": 1.0, "upper_percentile": 99.0})
+    # fine-tuning
+    init_model: str = ""  # model version folder to start from
+    cases: str = ""  # folder of corrected cases
+    case_fraction: float = 0.5  # share of each batch taken from corrected cases
+
+    def save(self, path: Path) -> None:
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        known = {f.name for f in fields(cls)}
+        cfg = cls(**{k: v for k, v in data.items() if k in known})
+        cfg.features = tuple(cfg.features)
+        cfg.patch = tuple(cfg.patch)
+        cfg.crop = tuple(cfg.crop)
+        cfg.class_weights = tuple(cfg.class_weights)
+        return cfg

@@ -1,0 +1,244 @@
+"""The synthetic MR image generator: a pure function of (label map, random state), rendered in torch on CPU.
+
+SynthSeg's idea, on our model grid: sample the generation labels through a random spatial transform,
+paint each tissue with a random Gaussian intensity, and degrade the result like a scanner would, so that
+the network learns shape, not contrast. Every range comes from ``ranges.py``. The steps:
+
+1. spatial: crop centre near the knee joint (or on the fibula), rotation, scaling, left/right mirror and a
+   smooth elastic field map output voxels to the label map (nearest neighbour);
+2. intensities: per-tissue mean and standard deviation, rendered at ``SUPERSAMPLE`` x the model resolution
+   and averaged down (partial volume at tissue borders, e.g. the thin cortical rim);
+3. scanner: slice profile and in-plane blur, bias field, thick slices along a random axis, Rician-like noise
+   at the acquired resolution, linear interpolation back to the model grid, gamma;
+4. field of view: a random acquired box (knee off-centre, fibula cut at the edge); outside it and outside
+   the source map the image is 0, like voxels outside the image at inference;
+5. ``KneeSegmentationLib.preprocess.normalize`` with the inference settings.
+
+The target is the model class (``tissues.TARGET_OF``) at each model-grid voxel centre, 0 outside the box.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from KneeSegmentationLib.errors import InputError
+from KneeSegmentationLib.preprocess import normalize
+
+from . import ranges as R
+from . import tissues as T
+from .dataset import LabelMap
+
+# Labels are sampled at this multiple of the model resolution and averaged (partial volume). 2 is 4x slower
+# on a CPU (2 cores: 0.6 s instead of 0.15 s per 64^3 sample); at 1 a Gaussian partial-volume blur of
+# PARTIAL_VOLUME_SIGMA_VOX stands in for the averaging.
+SUPERSAMPLE = 1
+PARTIAL_VOLUME_SIGMA_VOX = 0.45
+DEFAULT_NORMALIZATION = {"lower_percentile": 1.0, "upper_percentile": 99.0}
+MIN_INSIDE_FRACTION = 0.05  # a crop showing less of the image than this is redrawn
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # float32 (z, y, x), normalized like at inference
+    target: np.ndarray  # int64 (z, y, x), model classes
+    map_id: str
+    params: dict
+
+
+def _rotation(angles_deg: np.ndarray) -> np.ndarray:
+    ax, ay, az = np.deg2rad(angles_deg)
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _gaussian_kernel(sigma_vox: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma_vox)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma_vox) ** 2)
+    return k / k.sum()
+
+
+def blur_axis(vol: torch.Tensor, sigma_vox: float, axis: int) -> torch.Tensor:
+    """Gaussian blur of a (1, 1, z, y, x) volume along one array axis (0 = z, 1 = y, 2 = x)."""
+    if sigma_vox < 0.2:
+        return vol
+    k = _gaussian_kernel(sigma_vox)
+    shape = [1, 1, 1, 1, 1]
+    shape[2 + axis] = len(k)
+    pad = [0, 0, 0, 0, 0, 0]
+    pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = len(k) // 2
+    return F.conv3d(F.pad(vol, pad, mode="replicate"), k.view(shape))
+
+
+class Generator:
+    """Renders training samples from prepared label maps on a model grid of ``spacing`` mm.
+
+    ``crop`` is the sample size in voxels (z, y, x). Randomness comes only from the ``np.random.Generator``
+    and ``torch.Generator`` passed to ``sample``, so a seed fixes every sample.
+    """
+
+    def __init__(self, maps: list[LabelMap], spacing: float, crop: tuple[int, int, int],
+                 normalization: dict | None = None, fibula_crop_p: float = R.FIBULA_CROP_P) -> None:
+        if not maps:
+            raise ValueError("the generator needs at least one label map")
+        self.maps = maps
+        self.spacing = float(spacing)
+        self.crop = tuple(int(c) for c in crop)
+        self.normalization = dict(normalization or DEFAULT_NORMALIZATION)
+        self.fibula_crop_p = fibula_crop_p
+        self.volumes = [torch.from_numpy(m.labels.astype(np.float32))[None, None] for m in maps]
+        # Offsets (x, y, z order) of voxel positions of the fine and the model grid, centred on 0, in mm.
+        self._fine = [self._axis(n * SUPERSAMPLE, self.spacing / SUPERSAMPLE) for n in self.crop]
+
+    @staticmethod
+    def _axis(n: int, step: float) -> torch.Tensor:
+        return (torch.arange(n, dtype=torch.float32) - (n - 1) / 2) * step
+
+    # --- spatial ------------------------------------------------------------------------------------
+    def _choose_center(self, m: LabelMap, rng: np.random.Generator) -> np.ndarray:
+        if m.has_fibula and rng.random() < self.fibula_crop_p:
+            point = m.fibula_points[rng.integers(len(m.fibula_points))]
+            return point + rng.uniform(-R.FIBULA_CROP_JITTER_MM, R.FIBULA_CROP_JITTER_MM, 3)
+        return m.joint_center + rng.uniform(-R.CROP_OFFSET_MM, R.CROP_OFFSET_MM, 3)
+
+    def _fine_grid(self, m: LabelMap, center: np.ndarray, matrix: np.ndarray, elastic: torch.Tensor) -> torch.Tensor:
+        """Normalized sampling grid (1, Z, Y, X, 3) of the fine output grid into map ``m``."""
+        uz, uy, ux = self._fine  # output offsets along z, y, x (mm)
+        size_xyz = torch.tensor(m.labels.shape[::-1], dtype=torch.float32)
+        scale = 2.0 / ((size_xyz - 1) * m.spacing)  # mm -> normalized
+        offset = torch.from_numpy((center - m.origin).astype(np.float32)) * scale - 1
+        mat = torch.from_numpy(matrix.astype(np.float32)) * scale[:, None]  # rows: x, y, z of the source
+        grid = (offset.view(1, 1, 1, 3)
+                + ux.view(1, 1, -1, 1) * mat[:, 0].view(1, 1, 1, 3)
+                + uy.view(1, -1, 1, 1) * mat[:, 1].view(1, 1, 1, 3)
+                + uz.view(-1, 1, 1, 1) * mat[:, 2].view(1, 1, 1, 3))
+        if elastic is not None:
+            disp = F.interpolate(elastic[None], size=grid.shape[:3], mode="trilinear", align_corners=True)[0]
+            grid = grid + disp.permute(1, 2, 3, 0) * scale.view(1, 1, 1, 3)
+        return grid[None]
+
+    # --- one sample ---------------------------------------------------------------------------------
+    def sample(self, rng: np.random.Generator, gen: torch.Generator, map_index: int | None = None,
+               center: np.ndarray | None = None, size: tuple[int, int, int] | None = None) -> Sample:
+        """One random sample; ``map_index``/``center``/``size`` pin the map, centre (LPS) and size (validation)."""
+        for _ in range(10):
+            try:
+                return self._sample(rng, gen, map_index, center, size)
+            except InputError:  # nothing of the image in view, or constant: draw again
+                continue
+        raise RuntimeError("the generator could not render a usable sample in 10 attempts")
+
+    def _sample(self, rng, gen, map_index, center, size) -> Sample:
+        if size is not None and tuple(size) != self.crop:
+            return Generator(self.maps, self.spacing, size, self.normalization, self.fibula_crop_p)._sample(
+                rng, gen, map_index, center, None)
+        mi = int(rng.integers(len(self.maps))) if map_index is None else map_index
+        m = self.maps[mi]
+        c = self._choose_center(m, rng) if center is None else np.asarray(center, float)
+        angles = rng.uniform(-R.ROTATION_DEG, R.ROTATION_DEG, 3)
+        scales = rng.uniform(1 - R.SCALING, 1 + R.SCALING, 3)
+        flip = rng.random() < R.FLIP_LR_P
+        matrix = _rotation(angles) @ np.diag(scales) @ np.diag([-1.0 if flip else 1.0, 1.0, 1.0])
+        k = R.ELASTIC_CONTROL_POINTS
+        elastic = torch.randn((3, k, k, k), generator=gen) * R.ELASTIC_STD_MM
+
+        fine_grid = self._fine_grid(m, c, matrix, elastic)
+        vol = self.volumes[mi]
+        labels_fine = F.grid_sample(vol, fine_grid, mode="nearest", padding_mode="zeros", align_corners=True)
+        labels_fine = labels_fine.long()[0, 0]
+        if SUPERSAMPLE == 1:
+            labels = labels_fine
+        else:
+            coarse_grid = F.avg_pool3d(fine_grid.permute(0, 4, 1, 2, 3), SUPERSAMPLE).permute(0, 2, 3, 4, 1)
+            labels = F.grid_sample(vol, coarse_grid, mode="nearest", padding_mode="zeros", align_corners=True)
+            labels = labels.long()[0, 0]
+
+        means, stds = self._tissue_intensities(rng)
+        noise = torch.randn(labels_fine.shape, generator=gen)
+        image = means[labels_fine] + stds[labels_fine] * noise
+        image = F.avg_pool3d(image[None, None], SUPERSAMPLE) if SUPERSAMPLE > 1 else image[None, None]
+        params = {"map": m.id, "center": c.tolist(), "angles": angles.tolist(), "scales": scales.tolist(),
+                  "flip": bool(flip)}
+        image = self._scanner(image, rng, gen, params)[0, 0]
+
+        inside = self._field_of_view(m, c, matrix, rng, params) & (labels != T.OUTSIDE)
+        if inside.float().mean() < MIN_INSIDE_FRACTION:
+            raise InputError("crop outside the image")
+        target = torch.from_numpy(T.TARGET_OF)[labels]
+        target[~inside] = 0
+        image = normalize(image.numpy(), inside.numpy(), **self.normalization)
+        return Sample(image, target.numpy(), m.id, params)
+
+    def _tissue_intensities(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        n = T.NUM_GEN_LABELS
+        means = rng.uniform(*R.MEAN_RANGE, n)
+        stds = rng.uniform(*R.STD_RANGE, n)
+        if rng.random() < R.SAME_MARROW_P:
+            means[list(T.MARROWS)] = means[T.FEMUR_MARROW]
+        if rng.random() < R.CORTEX_DARK_P:
+            means[list(T.CORTICES)] = rng.uniform(*R.CORTEX_DARK_RANGE)
+        if rng.random() < R.AIR_DARK_P:
+            means[T.AIR] = rng.uniform(*R.AIR_DARK_RANGE)
+        means[T.OUTSIDE] = stds[T.OUTSIDE] = 0.0
+        return torch.from_numpy(means.astype(np.float32)), torch.from_numpy(stds.astype(np.float32))
+
+    def _scanner(self, image: torch.Tensor, rng: np.random.Generator, gen: torch.Generator, params: dict) -> torch.Tensor:
+        """Blur, bias, thick slices with noise at the acquired resolution, back to the grid, gamma."""
+        s = self.spacing
+        sigma_mm = rng.uniform(*R.INPLANE_BLUR_SIGMA_MM)
+        pv = PARTIAL_VOLUME_SIGMA_VOX if SUPERSAMPLE == 1 else 0.0
+        for axis in range(3):
+            image = blur_axis(image, math.hypot(sigma_mm / s, pv), axis)
+        kb = R.BIAS_CONTROL_POINTS
+        bias = torch.randn((1, 1, kb, kb, kb), generator=gen) * R.BIAS_STD
+        image = image * torch.exp(F.interpolate(bias, size=image.shape[2:], mode="trilinear", align_corners=True))
+        shape = list(image.shape[2:])
+        low = list(shape)
+        if rng.random() < R.LOWRES_P:
+            axis = int(rng.integers(3))
+            spacing = rng.uniform(*R.SLICE_SPACING_MM)
+            thickness = spacing * rng.uniform(*R.SLICE_THICKNESS_FRACTION)
+            sigma = math.sqrt(max(thickness**2 - s**2, 0.0)) / 2.355 / s
+            image = blur_axis(image, sigma, axis)
+            low[axis] = max(2, int(round(shape[axis] * s / spacing)))
+            params.update(slice_axis="zyx"[axis], slice_spacing_mm=round(spacing, 2), thickness_mm=round(thickness, 2))
+        if low != shape:
+            image = F.interpolate(image, size=low, mode="trilinear", align_corners=True)
+        sigma_n = rng.uniform(*R.NOISE_STD)
+        scale = float(image.max().clamp(min=1e-3))
+        real = image + torch.randn(image.shape, generator=gen) * sigma_n * scale
+        imag = torch.randn(image.shape, generator=gen) * sigma_n * scale
+        image = torch.sqrt(real**2 + imag**2)
+        if low != shape:
+            image = F.interpolate(image, size=shape, mode="trilinear", align_corners=True)
+        gamma = math.exp(rng.normal(0, R.GAMMA_STD))
+        image = (image / image.max().clamp(min=1e-6)) ** gamma
+        params.update(noise=round(sigma_n, 3), gamma=round(gamma, 3), blur_mm=round(sigma_mm, 2))
+        return image
+
+    def _field_of_view(self, m: LabelMap, center: np.ndarray, matrix: np.ndarray, rng: np.random.Generator,
+                       params: dict) -> torch.Tensor:
+        """Boolean (z, y, x): voxels inside the acquired box (a box in the output frame around the joint)."""
+        shape = self.crop
+        if rng.random() >= R.FOV_P:
+            return torch.ones(shape, dtype=torch.bool)
+        joint = np.linalg.solve(matrix, m.joint_center - center)  # joint in output mm (x, y, z)
+        box_center = joint + rng.uniform(-R.FOV_OFFSET_MM, R.FOV_OFFSET_MM, 3)
+        extent = rng.uniform(*R.FOV_INPLANE_MM, 3)
+        slab_axis = int(rng.integers(3))
+        extent[slab_axis] = rng.uniform(*R.FOV_SLAB_MM)
+        inside = torch.ones(shape, dtype=torch.bool)
+        for xyz, n in zip(range(3), shape[::-1]):
+            u = self._axis(n, self.spacing).numpy()
+            ok = torch.from_numpy(np.abs(u - box_center[xyz]) <= extent[xyz] / 2)
+            view = [1, 1, 1]
+            view[2 - xyz] = n
+            inside &= ok.view(view)
+        params.update(fov_mm=[round(e) for e in extent])
+        return inside

@@ -1,0 +1,64 @@
+"""Every random range of the synthetic-image generator, named and documented once (SynthSeg's lesson).
+
+A reader sees the whole augmentation space here; ``generator.py`` only draws from these ranges. Units are
+millimetres, degrees and normalized intensities (a tissue's mean intensity lies in [0, 1] before bias,
+gamma and noise; the library's ``normalize`` maps the result to ~[0, 1] exactly as at inference).
+
+Why these ranges:
+- Orientation: on the model grid (LPS axes) a sagittal, coronal or axial acquisition is the same anatomy;
+  what changes is how the leg lies in the scanner (flexion, rotation, abduction: ±25° about each axis),
+  which knee it is (left/right mirror) and the subject's size (±15 %).
+- Resolution: clinical knee protocols range from 0.3 mm isotropic 3D sequences to 2D stacks of 3–4 mm
+  slices (the thesis's 24-slice protocol, the real MESE sample: 3 mm slices every 4 mm); the slice axis is
+  any of the three grid axes (sagittal, coronal or axial stack).
+- Intensities: any tissue can be bright or dark in some contrast (T1, T2, PD, fat-saturated, DESS, MESE
+  echoes), so tissue means are uniform in [0, 1]; cortical bone has almost no MR signal in every sequence,
+  so its rim is usually dark (``CORTEX_DARK_P``).
+- Noise: Learn2Synth reported a synthetic-trained model falling from 0.91 to 0.31 Dice at modest noise
+  when trained without it, so Rician-like noise up to 10 % of the intensity range is always on the menu.
+"""
+from __future__ import annotations
+
+# --- Spatial -------------------------------------------------------------------------------------------
+ROTATION_DEG = 25.0  # uniform in ±ROTATION_DEG about each of the three patient axes
+SCALING = 0.15  # per-axis scale factor uniform in [1 - SCALING, 1 + SCALING]
+FLIP_LR_P = 0.5  # probability of mirroring left/right (turns the right-knee maps into left knees)
+ELASTIC_STD_MM = 3.0  # std of the random displacement at the control points...
+ELASTIC_CONTROL_POINTS = 5  # ...of a coarse control grid per axis, upsampled trilinearly (smooth field)
+CROP_OFFSET_MM = 30.0  # a training crop's centre lies within ±this of the knee joint centre (per axis)
+FIBULA_CROP_P = 0.35  # with a fibula-bearing map: probability that the crop is centred on the fibula...
+FIBULA_CROP_JITTER_MM = 15.0  # ...plus this uniform jitter per axis (handles fibula class imbalance)
+
+# --- Field of view (what the scanner acquired; outside it the image is 0, as at inference) --------------
+FOV_P = 0.7  # probability that the acquired box cuts into the crop at all
+FOV_INPLANE_MM = (100.0, 200.0)  # extent of the acquired box along the two in-plane axes
+FOV_SLAB_MM = (60.0, 160.0)  # extent along the slice axis (24 slices x 4 mm = 96 mm)
+FOV_OFFSET_MM = 30.0  # the box centre lies within ±this of the knee joint centre (knee off-centre)
+
+# --- Tissue intensities (per generation label, per sample) ----------------------------------------------
+MEAN_RANGE = (0.0, 1.0)  # tissue mean intensity
+STD_RANGE = (0.01, 0.12)  # within-tissue standard deviation (texture before blur)
+CORTEX_DARK_P = 0.85  # probability that the cortical rims are dark...
+CORTEX_DARK_RANGE = (0.0, 0.12)  # ...with a mean in this range
+AIR_DARK_P = 0.9  # probability that air outside the leg is dark...
+AIR_DARK_RANGE = (0.0, 0.05)  # ...with a mean in this range
+SAME_MARROW_P = 0.8  # probability that all bones share one marrow intensity (same tissue: fatty marrow)
+
+# --- Image formation -------------------------------------------------------------------------------------
+BIAS_STD = 0.35  # std of the log of the multiplicative bias field at its control points
+BIAS_CONTROL_POINTS = 4  # coarse control grid per axis, upsampled (slowly varying coil sensitivity)
+GAMMA_STD = 0.3  # intensity ** exp(N(0, GAMMA_STD)) after scaling to [0, 1]
+LOWRES_P = 0.75  # probability of a thick-slice acquisition along one random axis...
+SLICE_SPACING_MM = (1.5, 5.0)  # ...with this slice spacing...
+SLICE_THICKNESS_FRACTION = (0.6, 1.0)  # ...and a slice thickness of this fraction of the spacing
+INPLANE_BLUR_SIGMA_MM = (0.0, 0.8)  # extra partial-volume blur, all axes
+NOISE_STD = (0.0, 0.10)  # Rician-like noise: |signal + N(0,s) + i N(0,s)|, s relative to the range [0, 1]
+
+# --- Background pseudo-tissues, made once in ``prepare`` (distance bands and a smooth random field) ------
+FLUID_BAND_MM = 2.0  # soft tissue / joint fluid within this distance of a labelled structure
+LEG_RADIUS_MM = 38.0  # beyond this distance from any labelled structure: air outside the leg...
+LEG_RADIUS_JITTER_MM = 10.0  # ...with the outline perturbed by a smooth field of this amplitude
+SUBCUTANEOUS_FAT_MM = 8.0  # fat layer just inside the leg outline
+MUSCLE_FRACTION = 0.55  # fraction of the remaining soft tissue that becomes "muscle" (rest "fat")
+NOISE_FIELD_SIGMA_MM = 8.0  # correlation length of the random clustering field
+CORTEX_MM = 1.2  # cortical rim: bone voxels within this distance of the bone surface

@@ -1,0 +1,372 @@
+"""The training loop: plain PyTorch, synthetic batches on the fly, Dice + CE, AdamW, warm-up + cosine decay.
+
+A run lives in one folder (``run_dir``): ``config.json``, ``last.pt`` (exact resume: model, optimizer,
+scheduler, AMP scaler, every rank's RNG states, step, best score), ``best.pt`` (weights with the best
+validation score), ``train.csv``, ``val.csv`` and ``curves.png``. Checkpoints are written atomically, so
+a killed run resumes from the last one. Creating a file named ``STOP`` in the run folder ends the run
+cleanly at the next step. Under ``torchrun`` the model is wrapped in DistributedDataParallel (NCCL on GPU,
+gloo on CPU); each rank draws its own samples, rank 0 validates, logs and saves.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from KneeSegmentationLib.constants import BONES
+from KneeSegmentationLib.metrics import dice
+from KneeSegmentationLib.modelfile import load_model
+from KneeSegmentationLib.network import UNet3D, UNetConfig
+
+from .config import TrainConfig
+from .dataset import load_dataset
+from .generator import Generator, Sample
+from .losses import dice_ce_loss
+
+LAST, BEST, STOP_FILE = "last.pt", "best.pt", "STOP"
+CALIBRATION_STEPS = 30
+VALIDATION_SHARE = 0.93  # fraction of the remaining budget assumed spent on training steps (rest: validation)
+TRAIN_COLUMNS = ["step", "elapsed_s", "lr", "loss", "ce", "dice_loss", "s_per_step"]
+
+
+# ------------------------------------------------------------------------------------------ distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    """Reads torchrun's environment; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world <= 1:
+        return Dist(0, 1, torch.device("cuda" if cuda else "cpu"))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return Dist(rank, world, device)
+
+
+# ------------------------------------------------------------------------------------------- schedule
+def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+# ------------------------------------------------------------------------------------------ rng state
+def rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict:
+    return {"numpy": rng.bit_generator.state, "torch_gen": gen.get_state(), "torch": torch.get_rng_state(),
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict, rng: np.random.Generator, gen: torch.Generator) -> None:
+    rng.bit_generator.state = state["numpy"]
+    gen.set_state(state["torch_gen"])
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)  # our own run folder, written by us
+
+
+# ----------------------------------------------------------------------------------------- validation
+def validation_samples(cfg: TrainConfig, maps, generator: Generator) -> list[Sample]:
+    """Fixed validation cases (seeded contrasts, full inference window centred near the joint):
+    the held-out maps for Femur/Tibia, and the fibula map (seen anatomy, unseen contrasts) for the Fibula."""
+    rng, gen = np.random.default_rng(cfg.val_seed), torch.Generator().manual_seed(cfg.val_seed)
+    val = [i for i, m in enumerate(maps) if m.role == "val"]
+    fib = [i for i, m in enumerate(maps) if m.has_fibula]
+    plan = []
+    n_fib = cfg.val_cases // 3 if fib else 0
+    for k in range(cfg.val_cases - n_fib):
+        plan.append(val[k % len(val)] if val else k % len(maps))
+    for k in range(n_fib):
+        plan.append(fib[k % len(fib)])
+    samples = []
+    for i in plan:
+        center = maps[i].joint_center + rng.uniform(-10, 10, 3)
+        samples.append(generator.sample(rng, gen, map_index=i, center=center, size=cfg.patch))
+    return samples
+
+
+@torch.inference_mode()
+def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device) -> dict:
+    """Per-bone Dice averaged over the cases where the bone is in the truth (or predicted)."""
+    net.eval()
+    per_bone: dict[str, list[float]] = {b.name: [] for b in BONES}
+    per_case = []
+    for s in samples:
+        x = torch.from_numpy(s.image)[None, None].to(device)
+        pred = net(x).argmax(1)[0].cpu().numpy()
+        case = {"map": s.map_id}
+        for b in BONES:
+            t, p = s.target == b.label, pred == b.label
+            if t.any():
+                d = dice(p, t)
+                per_bone[b.name].append(d)
+                case[b.name] = d
+        per_case.append(case)
+    net.train()
+    out = {f"dice_{name.lower()}": float(np.mean(v)) if v else float("nan") for name, v in per_bone.items()}
+    scores = [v for v in out.values() if not math.isnan(v)]
+    out["score"] = float(np.mean(scores)) if scores else 0.0
+    out["cases"] = per_case
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- logs
+def _rewrite_csv(path: Path, columns: list[str], keep_until: int) -> None:
+    """After a resume: drop log rows written after the checkpoint, so the logs match the restored state."""
+    if not path.is_file():
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerow(columns)
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _append_csv(path: Path, columns: list[str], row: dict) -> None:
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, columns, extrasaction="ignore").writerow(row)
+
+
+def plot_curves(run_dir: Path) -> Path:
+    """``curves.png``: training loss and validation Dice per bone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def read(p):
+        if not p.is_file():
+            return []
+        with open(p, newline="") as f:
+            return list(csv.DictReader(f))
+
+    tr, va = read(run_dir / "train.csv"), read(run_dir / "val.csv")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    if tr:
+        a.plot([int(r["step"]) for r in tr], [float(r["loss"]) for r in tr], lw=0.8)
+    a.set(xlabel="step", ylabel="loss (Dice + CE)", title="training loss")
+    for bone in BONES:
+        key = f"dice_{bone.name.lower()}"
+        pts = [(int(r["step"]), float(r[key])) for r in va if r.get(key) not in (None, "", "nan")]
+        if pts:
+            b.plot(*zip(*pts), marker="o", ms=3, color=bone.color, label=bone.name)
+    b.set(xlabel="step", ylabel="Dice", title="validation Dice", ylim=(0, 1))
+    b.legend(loc="lower right")
+    fig.tight_layout()
+    out = run_dir / "curves.png"
+    tmp = run_dir / ".curves.tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def _fit_budget(cfg: TrainConfig, d: Dist, step: int, elapsed_s: float, recent: list[float], run: Path) -> None:
+    """Sets ``cfg.steps`` so the run ends with the time budget (validation time included in the estimate)."""
+    per_step = torch.tensor([elapsed_s / max(step, 1) if not recent else
+                             max(float(np.mean(recent)), elapsed_s / max(step, 1) * 0.5)])
+    if d.world > 1:
+        dist.broadcast(per_step, 0)
+    remaining = cfg.budget_minutes * 60 - elapsed_s
+    cfg.steps = max(step + 1, step + int(remaining / float(per_step) * VALIDATION_SHARE))
+    recent.clear()
+    if d.main:
+        cfg.save(run / "config.json")
+
+
+# ------------------------------------------------------------------------------------------ training
+class BatchSource:
+    """Synthetic samples, optionally mixed with crops of corrected cases (fine-tuning)."""
+
+    def __init__(self, cfg: TrainConfig, generator: Generator, cases=None) -> None:
+        self.cfg, self.generator, self.cases = cfg, generator, cases
+
+    def batch(self, rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for _ in range(self.cfg.batch):
+            if self.cases is not None and rng.random() < self.cfg.case_fraction:
+                s = self.cases.sample(rng)
+            else:
+                s = self.generator.sample(rng, gen)
+            xs.append(torch.from_numpy(s.image))
+            ys.append(torch.from_numpy(s.target))
+        return torch.stack(xs)[:, None], torch.stack(ys)
+
+
+def build_network(cfg: TrainConfig) -> UNet3D:
+    if cfg.init_model:
+        return load_model(cfg.init_model).network.train()
+    return UNet3D(UNetConfig(in_channels=1, out_channels=len(BONES) + 1, features=tuple(cfg.features)))
+
+
+def train(cfg: TrainConfig, resume: bool = True, log=print) -> dict:
+    """Runs (or resumes) the run in ``cfg.run_dir``; returns a summary (steps, time, best score)."""
+    d = setup_distributed()
+    try:
+        return _train(cfg, d, resume, log)
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = Path(cfg.run_dir)
+    if d.main:
+        run.mkdir(parents=True, exist_ok=True)
+        cfg.save(run / "config.json")
+    if d.world > 1:
+        dist.barrier()
+    torch.manual_seed(cfg.seed + d.rank)
+    random.seed(cfg.seed + d.rank)
+    rng = np.random.default_rng(cfg.seed * 1000 + d.rank)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
+
+    maps = load_dataset(Path(cfg.dataset))
+    train_maps = [m for m in maps if m.role == "train"]
+    generator = Generator(train_maps, cfg.spacing_mm, cfg.crop, cfg.normalization)
+    cases = None
+    if cfg.cases:
+        from .cases import CaseSampler, load_cases
+
+        cases = CaseSampler(load_cases(Path(cfg.cases)), cfg.spacing_mm, cfg.crop, cfg.normalization)
+    source = BatchSource(cfg, generator, cases)
+    val_samples = validation_samples(cfg, maps, Generator(maps, cfg.spacing_mm, cfg.patch, cfg.normalization)) \
+        if d.main else []
+
+    net = build_network(cfg).to(d.device)
+    model = torch.nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.warmup, cfg.steps, cfg.min_lr_fraction))
+    use_amp = cfg.amp and d.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=d.device)
+
+    step, best, bad, elapsed0 = 0, -1.0, 0, 0.0
+    if resume and (run / LAST).is_file():
+        ck = load_checkpoint(run / LAST)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        step, best, bad, elapsed0 = ck["step"], ck["best"], ck["bad"], ck["elapsed_s"]
+        set_rng_state(ck["rng"][d.rank], rng, gen)
+        log(f"resumed {run / LAST} at step {step}") if d.main else None
+    if d.main:
+        _rewrite_csv(run / "train.csv", TRAIN_COLUMNS, step)
+        _rewrite_csv(run / "val.csv", ["step", "dice_femur", "dice_tibia", "dice_fibula", "score"], step)
+
+    def checkpoint() -> None:
+        states = [rng_state(rng, gen)]
+        if d.world > 1:
+            states = [None] * d.world
+            dist.all_gather_object(states, rng_state(rng, gen))
+        if d.main:
+            _atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "scaler": scaler.state_dict(), "step": step, "best": best, "bad": bad,
+                          "elapsed_s": elapsed0 + time.perf_counter() - t_start, "rng": states,
+                          "config": cfg.__dict__}, run / LAST)
+
+    t_start = time.perf_counter()
+    window: list[dict] = []
+    recent: list[float] = []  # seconds per step since the last budget fit
+    stop_reason = "steps"
+    bar = tqdm(total=cfg.steps, initial=step, disable=not d.main, desc="train", dynamic_ncols=True)
+    model.train()
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        x, y = source.batch(rng, gen)
+        x, y = x.to(d.device), y.to(d.device)
+        with torch.autocast(device_type=d.device.type, dtype=torch.float16, enabled=use_amp):
+            logits = model(x)
+        loss, parts = dice_ce_loss(logits, y, weights)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        step += 1
+        window.append({"loss": float(loss.detach()), **parts, "t": time.perf_counter() - t0})
+        recent.append(window[-1]["t"])
+        bar.update(1)
+        if d.main and (step % cfg.log_every == 0 or step == cfg.steps):
+            row = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "ce", "dice_loss")}
+            row.update(step=step, elapsed_s=round(elapsed0 + time.perf_counter() - t_start, 1),
+                       lr=opt.param_groups[0]["lr"], s_per_step=round(float(np.mean([w["t"] for w in window])), 3))
+            _append_csv(run / "train.csv", TRAIN_COLUMNS, row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", s_step=row["s_per_step"])
+            window = []
+        if cfg.budget_minutes and (step == CALIBRATION_STEPS or step % cfg.val_every == 0):
+            _fit_budget(cfg, d, step, elapsed0 + time.perf_counter() - t_start, recent, run)
+            bar.total = cfg.steps
+        flags = torch.zeros(2)
+        if d.main and (step % cfg.val_every == 0 or step == cfg.steps):
+            res = validate(net, val_samples, d.device)
+            _append_csv(run / "val.csv", ["step", "dice_femur", "dice_tibia", "dice_fibula", "score"],
+                        {"step": step, **res})
+            if res["score"] > best:
+                best, bad = res["score"], 0
+                _atomic_save({"model": net.state_dict(), "step": step, "validation": res}, run / BEST)
+            else:
+                bad += 1
+            plot_curves(run)
+            log(f"step {step}: validation " + ", ".join(f"{k}={v:.3f}" for k, v in res.items()
+                                                        if isinstance(v, float)))
+            flags[0] = float(bad >= cfg.patience)
+        if d.main:
+            minutes = (elapsed0 + time.perf_counter() - t_start) / 60
+            flags[1] = float((run / STOP_FILE).exists() or (cfg.max_minutes and minutes >= cfg.max_minutes))
+        if d.world > 1:
+            dist.broadcast(flags, 0)
+        if step % cfg.checkpoint_every == 0 or flags.any() or step == cfg.steps:
+            checkpoint()
+        if flags[0]:
+            stop_reason = "early stopping"
+            break
+        if flags[1]:
+            stop_reason = "stop requested or time limit"
+            break
+    bar.close()
+    if d.main and not (run / BEST).is_file():  # e.g. a tiny run that never validated
+        _atomic_save({"model": net.state_dict(), "step": step, "validation": {}}, run / BEST)
+    summary = {"steps": step, "elapsed_s": elapsed0 + time.perf_counter() - t_start, "best_score": best,
+               "stop_reason": stop_reason, "world_size": d.world, "device": str(d.device)}
+    if d.main:
+        log(f"finished: {summary}")
+    return summary
