@@ -1,0 +1,171 @@
+"""Fast N4 bias-field correction: fit the field on a shrunken image inside a foreground mask, apply it at
+full resolution.
+
+Why it is fast and still faithful: the bias field is a smooth B-spline (a few control points per axis), so it
+is determined by a coarse image. We average-shrink the image to voxels of about ``FIT_SPACING_MM`` (never
+shrinking an axis that is already that coarse, e.g. 4 mm slices), fit there with fewer iterations, and evaluate
+the fitted log field on the full-resolution grid (``GetLogBiasFieldAsImage``), so the correction is not
+blocky. Measured on the real MESE echo (256x256x24) and its figures: see scripts/benchmark.py.
+
+    corrected = n4_correct(image, cancel=token, progress=lambda f: print(f))
+
+Cancel: the fit runs in a worker thread and the caller polls the CancelToken every ``POLL_S``, so ``Cancelled``
+is raised well within a second of a cancel (ITK's N4 does not honour Abort mid-fit; see ``_fit``).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import Cancelled, InputError
+from .progress import CancelToken
+
+log = logging.getLogger(__name__)
+
+FIT_SPACING_MM = 2.5  # voxel size the field is fitted at (shrink factor per axis = this / spacing, ≥ 1)
+MAX_FIT_VOXELS = 200_000  # the shrink grows further if the shrunken image would still be larger
+MIN_MASK_VOXELS = 100  # on the shrunken grid; fewer and the automatic mask is ignored
+POLL_S = 0.05  # how often the caller checks the cancel token while the fit runs
+
+
+@dataclass(frozen=True)
+class N4Settings:
+    """Fit parameters; the defaults were chosen by measurement against full-resolution default N4."""
+
+    fit_spacing_mm: float = FIT_SPACING_MM
+    max_fit_voxels: int = MAX_FIT_VOXELS
+    iterations: tuple[int, ...] = (50, 50, 50, 50)  # per fitting level (length = number of levels)
+    convergence_threshold: float = 0.001
+    control_points: int = 4  # per axis, at the first level (ITK's default)
+    spline_order: int = 3
+
+
+def n4_correct(
+    image: sitk.Image,
+    cancel: CancelToken | None = None,
+    progress: Callable[[float], None] | None = None,
+    mask: sitk.Image | None = None,
+    settings: N4Settings = N4Settings(),
+) -> sitk.Image:
+    """Bias-corrected float32 copy of ``image`` (same geometry). ``mask``: fit region; default Otsu foreground."""
+    report = progress or (lambda fraction: None)
+    if cancel is not None:
+        cancel.check()
+    image = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+    if image.GetDimension() != 3:
+        raise InputError(f"N4 needs a 3D image; got {image.GetDimension()}D.")
+    factors = shrink_factors(image, settings)
+    small = sitk.BinShrink(image, factors)
+    small_mask = _fit_mask(image, small, mask, factors)
+    n4 = _configured_filter(settings)
+    _fit(n4, small, small_mask, cancel, report)
+    log_field = n4.GetLogBiasFieldAsImage(image)
+    corrected = sitk.Divide(image, sitk.Exp(log_field))
+    report(1.0)
+    return corrected
+
+
+def shrink_factors(image: sitk.Image, settings: N4Settings = N4Settings()) -> list[int]:
+    """Per-axis integer shrink giving about ``fit_spacing_mm`` voxels and at most ``max_fit_voxels``."""
+    spacing = np.asarray(image.GetSpacing(), float)
+    size = np.asarray(image.GetSize(), float)
+    target = settings.fit_spacing_mm
+    while True:
+        factors = np.maximum(1, np.floor(target / spacing + 1e-6)).astype(int)
+        factors = np.minimum(factors, np.maximum(1, size // 4).astype(int))  # keep ≥ 4 voxels per axis
+        if np.prod(np.ceil(size / factors)) <= settings.max_fit_voxels or np.all(factors >= size // 4):
+            return [int(f) for f in factors]
+        target *= 1.25
+
+
+def foreground_mask(image: sitk.Image) -> sitk.Image:
+    """Otsu foreground (uint8 0/1): the tissue, without the air whose noise would dominate a fit."""
+    return sitk.OtsuThreshold(image, 0, 1, 128)
+
+
+def _fit_mask(image: sitk.Image, small: sitk.Image, mask: sitk.Image | None, factors: list[int]) -> sitk.Image:
+    """The mask on the shrunken grid; positive voxels only (N4 works on log intensities)."""
+    if mask is not None:
+        if mask.GetSize() != image.GetSize():
+            raise InputError(f"The N4 mask's size {mask.GetSize()} differs from the image's {image.GetSize()}.")
+        full = sitk.Cast(mask != 0, sitk.sitkFloat32)
+        small_mask = sitk.BinShrink(full, factors) > 0.5
+        small_mask.CopyInformation(small)
+    else:
+        small_mask = foreground_mask(small)
+    small_mask = sitk.Cast(small_mask * (small > 0), sitk.sitkUInt8)
+    count = int(sitk.GetArrayViewFromImage(small_mask).sum())
+    if count >= MIN_MASK_VOXELS:
+        return small_mask
+    if mask is not None:
+        raise InputError(f"The N4 mask holds only {count} positive voxels at the fitting resolution; "
+                         "it is empty or too small to fit a bias field.")
+    log.warning("N4: the automatic foreground mask is nearly empty (%d voxels); fitting on all positive voxels",
+                count)
+    everywhere = sitk.Cast(small > 0, sitk.sitkUInt8)
+    if int(sitk.GetArrayViewFromImage(everywhere).sum()) < MIN_MASK_VOXELS:
+        raise InputError("The image has too few positive voxels to estimate a bias field; run without N4.")
+    return everywhere
+
+
+def _configured_filter(settings: N4Settings) -> sitk.N4BiasFieldCorrectionImageFilter:
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations([int(i) for i in settings.iterations])
+    n4.SetConvergenceThreshold(settings.convergence_threshold)
+    n4.SetNumberOfControlPoints([settings.control_points] * 3)
+    n4.SetSplineOrder(settings.spline_order)
+    return n4
+
+
+def _fit(n4: sitk.N4BiasFieldCorrectionImageFilter, small: sitk.Image, mask: sitk.Image,
+         cancel: CancelToken | None, report: Callable[[float], None]) -> None:
+    """Runs the fit in a worker thread while this thread reports progress and polls ``cancel``.
+
+    Why a thread: ITK's N4 ignores ``Abort()`` until it has finished all its iterations, so an abort request
+    alone would not stop it. SimpleITK releases the GIL during ``Execute``; the caller therefore raises
+    ``Cancelled`` within ``POLL_S`` of a cancel, and the abandoned fit (about a second on the shrunken image)
+    ends in the background, its result discarded.
+    """
+    levels = len(n4.GetMaximumNumberOfIterations())
+    state = _FitState()
+    n4.AddCommand(sitk.sitkIterationEvent, lambda: state.iterated(n4, levels))
+    worker = threading.Thread(target=state.run, args=(n4, small, mask), name="n4-fit", daemon=True)
+    worker.start()
+    while not state.done.wait(POLL_S):
+        if cancel is not None and cancel.cancelled:
+            n4.Abort()
+            raise Cancelled("Cancelled by the user during N4 bias correction; nothing was changed.")
+        report(state.fraction)
+    if state.error is not None:
+        raise InputError(f"N4 bias correction failed: {state.error}")
+    if cancel is not None:
+        cancel.check()
+
+
+class _FitState:
+    """What the fitting thread shares with the caller: completion, error, and progress of the fit."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: str | None = None
+        self.fraction = 0.0
+
+    def run(self, n4: sitk.N4BiasFieldCorrectionImageFilter, small: sitk.Image, mask: sitk.Image) -> None:
+        try:
+            n4.Execute(small, mask)
+        except RuntimeError as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            self.error = lines[-1] if lines else "unknown ITK error"
+        finally:
+            self.done.set()
+
+    def iterated(self, n4: sitk.N4BiasFieldCorrectionImageFilter, levels: int) -> None:
+        iterations = n4.GetMaximumNumberOfIterations()
+        level = min(n4.GetCurrentLevel(), levels - 1)
+        within = min(n4.GetElapsedIterations() / max(1, iterations[level]), 1.0)
+        self.fraction = max(self.fraction, 0.95 * (level + within) / levels)
