@@ -4,11 +4,11 @@ Typical session::
 
     python -m trainer prepare --out runs/dataset                 # fetch mskt 0.1.22, build the dataset
     python -m trainer preview --dataset runs/dataset --out preview.png
-    python -m trainer train --dataset runs/dataset --run runs/v1  # resumes if runs/v1/last.pt exists
-    python -m trainer evaluate --run runs/v1 --out runs/v1/eval
-    python -m trainer export --run runs/v1 --eval runs/v1/eval --root Resources/Models --version 1
+    python -m trainer train --dataset runs/dataset --run-dir runs/v1  # resumes if runs/v1/last.pt exists
+    python -m trainer evaluate --run-dir runs/v1 --out runs/v1/eval
+    python -m trainer export --run-dir runs/v1 --eval runs/v1/eval --root Resources/Models --version 1
     python -m trainer finetune --model Resources/Models/knee-bones/v1 --cases my_cases --dataset runs/dataset \\
-        --run runs/ft1                                           # writes a NEW version to the user models
+        --run-dir runs/ft1                                           # writes a NEW version to the user models
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def _ints(text: str) -> tuple[int, ...]:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--dataset", required=True, type=Path, help="folder written by `prepare`")
-    p.add_argument("--run", required=True, type=Path, help="run folder (checkpoints, logs); resumes if present")
+    p.add_argument("--run-dir", dest="run", required=True, type=Path,
+                   help="run folder (checkpoints, logs); resumes if present")
     p.add_argument("--features", type=_ints, default=d.features, help="U-Net widths, e.g. 8,16,32,64")
     p.add_argument("--spacing", type=float, default=d.spacing_mm, help="model grid spacing (mm)")
     p.add_argument("--patch", type=_ints, default=d.patch, help="inference window (voxels), e.g. 96,96,96")
@@ -154,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune, steps=200, warmup=20, lr=5e-4)
 
     p = sub.add_parser("evaluate", help="metrics on held-out maps (fixed contrasts), corrected cases, echoes")
-    p.add_argument("--model", type=Path, help="model version folder (or use --run)")
-    p.add_argument("--run", type=Path, help="run folder: evaluates its best.pt")
+    p.add_argument("--model", type=Path, help="model version folder (or use --run-dir)")
+    p.add_argument("--run-dir", dest="run", type=Path, help="run folder: evaluates its best.pt")
     p.add_argument("--dataset", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--cases", type=Path, help="folder of corrected cases")
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="write a run's best weights as a new model version with its card")
-    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--run-dir", dest="run", required=True, type=Path)
     p.add_argument("--root", type=Path, default=None, help="models root (default: the bundled Resources/Models)")
     p.add_argument("--name", default="knee-bones")
     p.add_argument("--version", type=int, default=None)

@@ -47,6 +47,7 @@ class Sample:
     target: np.ndarray  # int64 (z, y, x), model classes
     map_id: str
     params: dict
+    inside: np.ndarray | None = None  # bool (z, y, x): voxels inside the acquired image
 
 
 def _rotation(angles_deg: np.ndarray) -> np.ndarray:
@@ -173,7 +174,7 @@ class Generator:
         target = torch.from_numpy(T.TARGET_OF)[labels]
         target[~inside] = 0
         image = normalize(image.numpy(), inside.numpy(), **self.normalization)
-        return Sample(image, target.numpy(), m.id, params)
+        return Sample(image, target.numpy(), m.id, params, inside.numpy())
 
     def _tissue_intensities(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         n = T.NUM_GEN_LABELS

@@ -1,0 +1,108 @@
+"""prepare + load_dataset + the synthetic generator: shapes, labels, ranges, determinism, bad datasets."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from KneeSegmentationLib.errors import DatasetError
+from KneeSegmentationLib.preprocess import NORMALIZED_RANGE
+
+from trainer import tissues as T
+from trainer.dataset import SourceMap, load_dataset, prepare, read_manifest
+from trainer.generator import Generator
+
+from trainer_data import TINY_CROP, TINY_SPACING, make_tiny_dataset, tiny_sources, write_label_map
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("tinyds"))
+
+
+def test_prepare_writes_manifest_with_roles_hashes_and_tissues(dataset):
+    manifest = read_manifest(dataset)
+    roles = {m["id"]: m["role"] for m in manifest["maps"]}
+    assert roles == {"train_fib": "train", "val_nofib": "val"}
+    for m in manifest["maps"]:
+        assert len(m["source_sha256"]) == 64 and len(m["file_sha256"]) == 64
+        assert m["voxels"]["femur"] > 0 and m["voxels"]["tibia"] > 0
+    assert [m["has_fibula"] for m in manifest["maps"]] == [True, False]
+    maps = load_dataset(dataset)
+    labels = maps[0].labels
+    present = set(np.unique(labels).tolist())
+    # bones with a cortical rim, cartilage and background pseudo-tissues
+    assert {T.FEMUR_MARROW, T.FEMUR_CORTEX, T.TIBIA_CORTEX, T.FIBULA_MARROW, T.FEMORAL_CARTILAGE,
+            T.FLUID} <= present
+    assert present & {T.MUSCLE, T.FAT, T.AIR}
+
+
+def test_generator_shapes_labels_and_ranges(dataset):
+    maps = load_dataset(dataset, ("train",))
+    gen = Generator(maps, TINY_SPACING, TINY_CROP)
+    rng, tg = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(6):
+        s = gen.sample(rng, tg)
+        assert s.image.shape == TINY_CROP and s.target.shape == TINY_CROP
+        assert s.image.dtype == np.float32 and s.target.dtype == np.int64
+        assert NORMALIZED_RANGE[0] <= s.image.min() and s.image.max() <= NORMALIZED_RANGE[1]
+        assert set(np.unique(s.target).tolist()) <= {0, 1, 2, 3}
+        assert not s.target[~s.inside].any() and not s.image[~s.inside].any()
+        seen |= set(np.unique(s.target).tolist())
+    assert {1, 2} <= seen
+
+
+def test_generator_is_deterministic_with_a_seed(dataset):
+    maps = load_dataset(dataset, ("train",))
+    gen = Generator(maps, TINY_SPACING, TINY_CROP)
+
+    def draw(seed):
+        return gen.sample(np.random.default_rng(seed), torch.Generator().manual_seed(seed))
+
+    a, b, c = draw(5), draw(5), draw(6)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.target, b.target)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_missing_and_malformed_datasets_are_rejected(dataset, tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        load_dataset(tmp_path / "nope")
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(DatasetError, match="manifest"):
+        load_dataset(tmp_path / "bad")
+    (tmp_path / "bad" / "manifest.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="malformed"):
+        load_dataset(tmp_path / "bad")
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    img = sitk.ReadImage(str(broken / "train_fib.nrrd"))
+    sitk.WriteImage(img * 0, str(broken / "train_fib.nrrd"))
+    with pytest.raises(DatasetError, match="checksum"):
+        load_dataset(broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    (broken / "train_fib.nrrd").unlink()
+    with pytest.raises(DatasetError, match="missing"):
+        load_dataset(broken)
+    assert manifest["maps"][0]["file"] == "train_fib.nrrd"
+
+
+def test_bad_source_label_maps_are_rejected(tmp_path):
+    good = write_label_map(tmp_path / "good.nrrd", True)
+    empty = tmp_path / "empty.nrrd"
+    img = sitk.ReadImage(str(good))
+    sitk.WriteImage(img * 0, str(empty))
+    floaty = tmp_path / "float.nrrd"
+    sitk.WriteImage(sitk.Cast(img, sitk.sitkFloat32), str(floaty))
+    for path, message in [(empty, "empty"), (floaty, "integer"), (tmp_path / "none.nrrd", "not found")]:
+        with pytest.raises(DatasetError, match=message):
+            prepare([SourceMap("x", path, "train")], tmp_path / f"out_{path.stem}")
+    with pytest.raises(DatasetError, match="unexpected label"):
+        prepare([SourceMap("x", good, "train", labels={5: "femur", 6: "tibia"})], tmp_path / "out_labels")
+    out = prepare(tiny_sources(tmp_path / "src"), tmp_path / "ok", spacing=2.0, log=lambda *_: None)
+    with pytest.raises(DatasetError, match="not overwritten"):
+        prepare(tiny_sources(tmp_path / "src"), out, spacing=2.0, log=lambda *_: None)

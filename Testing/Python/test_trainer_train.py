@@ -1,0 +1,95 @@
+"""The training loop: it learns, it resumes exactly, it runs under torchrun (gloo, 2 CPU processes)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from KneeSegmentationLib.network import UNet3D, UNetConfig
+
+from trainer.dataset import load_dataset
+from trainer.generator import Generator
+from trainer.losses import dice_ce_loss
+from trainer.train import BEST, LAST, STOP_FILE, BatchSource, load_checkpoint, lr_factor, train
+
+from trainer_data import TINY_CROP, TINY_SPACING, make_tiny_dataset, tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("tinyds_train"))
+
+
+def test_a_few_steps_reduce_the_loss(dataset):
+    torch.manual_seed(0)
+    cfg = tiny_config(dataset, "unused")
+    gen = Generator(load_dataset(dataset, ("train",)), TINY_SPACING, TINY_CROP)
+    x, y = BatchSource(cfg, gen).batch(np.random.default_rng(0), torch.Generator().manual_seed(0))
+    net = UNet3D(UNetConfig(features=(4, 8)))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    weights = torch.tensor(cfg.class_weights)
+    losses = []
+    for _ in range(15):
+        loss, _ = dice_ce_loss(net(x), y, weights)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_schedule_warms_up_then_decays():
+    f = [lr_factor(s, 10, 100, 0.02) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] == pytest.approx(0.02, abs=1e-3)
+
+
+def _weights(run: Path) -> dict:
+    return load_checkpoint(run / LAST)["model"]
+
+
+def test_resume_gives_the_same_state(dataset, tmp_path):
+    straight = tmp_path / "straight"
+    train(tiny_config(dataset, straight, steps=5), resume=False, log=lambda *_: None)
+
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / STOP_FILE).touch()  # stops cleanly after the first step, with a checkpoint
+    first = train(tiny_config(dataset, split, steps=5), resume=False, log=lambda *_: None)
+    assert first["steps"] == 1
+    (split / STOP_FILE).unlink()
+    second = train(tiny_config(dataset, split, steps=5), resume=True, log=lambda *_: None)
+    assert second["steps"] == 5
+
+    a, b = load_checkpoint(straight / LAST), load_checkpoint(split / LAST)
+    assert a["step"] == b["step"] == 5
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+    assert a["rng"][0]["numpy"] == b["rng"][0]["numpy"]
+    assert (straight / BEST).is_file() and (straight / "curves.png").is_file()
+    rows = (split / "train.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5"]
+
+
+def test_ddp_with_gloo_on_two_cpu_processes(dataset, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "trainer",
+           "train", "--dataset", str(dataset), "--run-dir", str(run), "--features", "4,8", "--spacing", "4",
+           "--patch", "24,24,24", "--crop", "16,16,16", "--steps", "2", "--warmup", "1", "--val-every", "2",
+           "--val-cases", "2", "--checkpoint-every", "1", "--threads", "1", "--fresh"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ck = load_checkpoint(run / LAST)
+    assert ck["step"] == 2 and len(ck["rng"]) == 2
+    assert ck["rng"][0]["numpy"] != ck["rng"][1]["numpy"]  # each rank draws its own samples
+    assert "world_size': 2" in out.stdout + out.stderr

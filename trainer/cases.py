@@ -1,0 +1,114 @@
+"""Corrected cases (what the module saves after a user fixes a segmentation) for fine-tuning and evaluation.
+
+A case is a folder holding ``image.nrrd`` (the image as segmented), ``label.nrrd`` (uint8, values 0–3 in
+the model's classes, same geometry as the image) and ``case.json`` (metadata; any JSON object). Every
+problem is reported as a ``DatasetError`` that names the case and what is wrong with it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from KneeSegmentationLib.constants import NUM_CLASSES
+from KneeSegmentationLib.errors import DatasetError
+from KneeSegmentationLib.preprocess import model_grid_around, prepare_input, resample_to_grid
+
+from .generator import Sample
+
+IMAGE_FILE, LABEL_FILE, META_FILE = "image.nrrd", "label.nrrd", "case.json"
+GEOMETRY_TOLERANCE = 1e-4  # relative, for spacing/origin/direction comparisons
+CASE_CENTER_JITTER_MM = 20.0  # crops of a case are centred on its bones plus this uniform jitter
+
+
+@dataclass
+class Case:
+    id: str
+    image: sitk.Image
+    label: sitk.Image
+    meta: dict
+
+
+def _read(path: Path, what: str, case: str) -> sitk.Image:
+    if not path.is_file():
+        raise DatasetError(f"case {case}: {what} {path.name} is missing")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise DatasetError(f"case {case}: {path.name} is unreadable ({str(e).strip().splitlines()[-1]})") from e
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
+    if a.GetSize() != b.GetSize():
+        return False
+    scale = max(max(a.GetSpacing()), 1.0)
+    return (np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=GEOMETRY_TOLERANCE)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=GEOMETRY_TOLERANCE * scale * 10)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=GEOMETRY_TOLERANCE))
+
+
+def load_case(folder: Path) -> Case:
+    """Reads and checks one case folder."""
+    folder = Path(folder)
+    name = folder.name
+    image = _read(folder / IMAGE_FILE, "image", name)
+    label = _read(folder / LABEL_FILE, "label map", name)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise DatasetError(f"case {name}: {META_FILE} is missing")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"case {name}: {META_FILE} is malformed ({e})") from e
+    if not isinstance(meta, dict):
+        raise DatasetError(f"case {name}: {META_FILE} must hold a JSON object")
+    if image.GetDimension() != 3 or label.GetDimension() != 3:
+        raise DatasetError(f"case {name}: image and label map must be 3D")
+    if label.GetPixelID() != sitk.sitkUInt8:
+        raise DatasetError(f"case {name}: the label map must be uint8, not {label.GetPixelIDTypeAsString()}")
+    if not same_geometry(image, label):
+        raise DatasetError(f"case {name}: image and label map differ in geometry (size {image.GetSize()} vs "
+                           f"{label.GetSize()}, spacing/origin/direction must match too)")
+    values = np.unique(sitk.GetArrayViewFromImage(label))
+    if values.max() >= NUM_CLASSES:
+        raise DatasetError(f"case {name}: label values {values.tolist()} outside 0–{NUM_CLASSES - 1}")
+    if not (values > 0).any():
+        raise DatasetError(f"case {name}: the label map is empty (no bone labelled)")
+    return Case(str(meta.get("id", name)), sitk.Cast(image, sitk.sitkFloat32), label, meta)
+
+
+def load_cases(folder: Path) -> list[Case]:
+    """All case folders under ``folder`` (sorted by name); at least one is required."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"cases folder {folder} not found")
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise DatasetError(f"{folder} holds no case folders (each needs {IMAGE_FILE}, {LABEL_FILE}, {META_FILE})")
+    return [load_case(d) for d in dirs]
+
+
+class CaseSampler:
+    """Random crops of corrected cases on the model grid, prepared exactly like at inference."""
+
+    def __init__(self, cases: list[Case], spacing: float, crop: tuple[int, int, int], normalization: dict) -> None:
+        self.cases, self.spacing, self.crop, self.normalization = cases, float(spacing), tuple(crop), normalization
+        self._bone_centers = []
+        for c in cases:
+            idx = np.argwhere(sitk.GetArrayViewFromImage(c.label) > 0).mean(axis=0)[::-1]
+            self._bone_centers.append(np.array(c.label.TransformContinuousIndexToPhysicalPoint(idx.tolist())))
+
+    def sample(self, rng: np.random.Generator) -> Sample:
+        i = int(rng.integers(len(self.cases)))
+        case = self.cases[i]
+        center = self._bone_centers[i] + rng.uniform(-CASE_CENTER_JITTER_MM, CASE_CENTER_JITTER_MM, 3)
+        grid = model_grid_around(center, (self.spacing,) * 3, self.crop[::-1])  # sitk size is (x, y, z)
+        image = prepare_input(case.image, grid, self.normalization)
+        label = sitk.GetArrayFromImage(resample_to_grid(case.label, grid, sitk.sitkNearestNeighbor, 0))
+        label = label.astype(np.int64)
+        if rng.random() < 0.5:  # mirror left/right (x is the last array axis)
+            image, label = image[..., ::-1].copy(), label[..., ::-1].copy()
+        return Sample(image, label, case.id, {"case": case.id, "center": center.tolist()})

@@ -1,0 +1,128 @@
+"""``export``: a run's best weights -> a new model version (library format) with its card and MODEL_CARD.md.
+
+The card records the exact preprocessing the run trained with (spacing, window, normalization), the
+network, a training summary (data, synthesis ranges, steps, time, hardware) and the evaluation metrics.
+``save_model`` creates the version folder atomically and refuses to overwrite an existing version.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from KneeSegmentationLib.constants import BONES
+from KneeSegmentationLib.errors import DatasetError
+from KneeSegmentationLib.modelfile import ModelCard, Preprocessing, bundled_models_root, save_model
+from KneeSegmentationLib.network import UNet3D, UNetConfig, count_parameters
+
+from . import ranges
+from .config import TrainConfig
+from .dataset import read_manifest
+from .train import BEST, LAST, load_checkpoint
+
+MODEL_CARD_MD = "MODEL_CARD.md"
+
+
+def synthesis_ranges() -> dict:
+    return {k: v for k, v in vars(ranges).items() if k.isupper()}
+
+
+def hardware() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores visible, {gpu}; torch {torch.__version__}"
+
+
+def run_summary(run: Path, cfg: TrainConfig) -> dict:
+    """Training facts of a run folder: steps, time, data, settings."""
+    last = load_checkpoint(run / LAST) if (run / LAST).is_file() else {}
+    best = load_checkpoint(run / BEST)
+    manifest = read_manifest(Path(cfg.dataset))
+    rows = []
+    if (run / "train.csv").is_file():
+        with open(run / "train.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    s_per_step = sum(float(r["s_per_step"]) for r in rows) / len(rows) if rows else None
+    return {
+        "steps": last.get("step", best.get("step")),
+        "best_step": best.get("step"),
+        "training_time_min": round(last.get("elapsed_s", 0.0) / 60, 1),
+        "mean_s_per_step": round(s_per_step, 3) if s_per_step else None,
+        "hardware": hardware(),
+        "data": [{k: m[k] for k in ("id", "role", "source", "source_sha256", "note")} for m in manifest["maps"]],
+        "data_source": "label maps of the mskt 0.1.22 sdist (PyPI, MIT per its metadata); images synthesized",
+        "settings": {k: v for k, v in cfg.__dict__.items() if k not in ("dataset", "run_dir", "init_model", "cases")},
+        "synthesis": synthesis_ranges(),
+        "class_imbalance": "soft Dice averaged equally over the three bones + CE weighted (bg, femur, tibia, "
+                           f"fibula) = {list(cfg.class_weights)} + {ranges.FIBULA_CROP_P:.0%} of crops of the "
+                           "fibula map centred on the fibula",
+        "best_validation": {k: v for k, v in best.get("validation", {}).items() if k != "cases"},
+    }
+
+
+def export(run: Path, root: Path | None = None, name: str = "knee-bones", version: int | None = None,
+           eval_dir: Path | None = None, description: str = "", parent: str | None = None) -> Path:
+    """Writes the best weights of ``run`` as ``root/name/vN`` and returns the folder."""
+    run = Path(run)
+    if not (run / BEST).is_file() or not (run / "config.json").is_file():
+        raise DatasetError(f"{run} is not a finished training run (no {BEST} or config.json)")
+    cfg = TrainConfig.load(run / "config.json")
+    net_cfg = UNetConfig(in_channels=1, out_channels=len(BONES) + 1, features=tuple(cfg.features))
+    net = UNet3D(net_cfg)
+    net.load_state_dict(load_checkpoint(run / BEST)["model"])
+    metrics = {}
+    if eval_dir is not None:
+        path = Path(eval_dir) / "metrics.json"
+        if not path.is_file():
+            raise DatasetError(f"{path} not found; run `python -m trainer evaluate` first")
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    training = run_summary(run, cfg)
+    training["parameters"] = count_parameters(net)
+    card = ModelCard(
+        name=name, version=0, network=net_cfg, parent=parent,
+        preprocessing=Preprocessing((cfg.spacing_mm,) * 3, tuple(cfg.patch), "LPS", dict(cfg.normalization)),
+        description=description or "Femur, Tibia and Fibula in knee MRI of any contrast and orientation; "
+                                   "3D U-Net trained on images synthesized from real label maps.",
+        training=training, metrics=metrics)
+    out = save_model(net.eval(), card, root if root is not None else bundled_models_root(), version)
+    write_model_card_md(out, card)
+    return out
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def write_model_card_md(folder: Path, card: ModelCard, notes: str = "") -> Path:
+    """A human-readable card next to ``model.json`` (generated from the same facts)."""
+    t, m = card.training, card.metrics
+    lines = [f"# {card.name} v{card.version}", "", card.description, "",
+             f"- Network: {card.network.arch}, features {list(card.network.features)}, "
+             f"{t.get('parameters', '?')} parameters",
+             f"- Input: isotropic {card.preprocessing.spacing_mm[0]} mm grid along the patient (LPS) axes, "
+             f"window {list(card.preprocessing.patch_size)} voxels, normalization {card.preprocessing.normalization}",
+             f"- Training: {t.get('steps')} steps (best at {t.get('best_step')}), {t.get('training_time_min')} min, "
+             f"{t.get('mean_s_per_step')} s/step on {t.get('hardware')}",
+             f"- Data: {t.get('data_source')}", ""]
+    for d in t.get("data", []):
+        lines.append(f"  - `{d['id']}` ({d['role']}): {d['source']} — {d['note']}")
+    lines += ["", f"- Class imbalance: {t.get('class_imbalance')}", ""]
+    if m:
+        lines += ["## Validation", ""]
+        for section, rows in m.items():
+            if isinstance(rows, dict):
+                lines.append(f"**{section}**")
+                lines.append("")
+                for k, v in rows.items():
+                    lines.append(f"- {k}: {json.dumps(v) if isinstance(v, (dict, list)) else _fmt(v)}")
+                lines.append("")
+    if notes:
+        lines += [notes, ""]
+    path = Path(folder) / MODEL_CARD_MD
+    tmp = path.with_name(f".{MODEL_CARD_MD}.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,36 @@
+"""``finetune``: continue an existing model on corrected cases, mixed with synthetic images, as a NEW version.
+
+The starting model's card fixes the network and the preprocessing (spacing, window, normalization), so the
+fine-tuned model runs exactly like its parent. Each batch draws ``case_fraction`` of its samples from the
+corrected cases and the rest from the generator, so the model does not forget the contrasts and
+orientations it was not corrected on. The result is saved next to the parent's family (default: the user
+models folder) under the next free version number; the parent is never touched.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from KneeSegmentationLib.modelfile import load_model, user_models_root
+
+from .cases import load_cases
+from .config import TrainConfig
+from .export import export
+from .train import train
+
+
+def finetune(model_dir: Path, cases_dir: Path, cfg: TrainConfig, root: Path | None = None,
+             resume: bool = True, log=print) -> Path:
+    parent = load_model(model_dir)  # checks the parent before any work
+    load_cases(cases_dir)  # fails early on a malformed case
+    pre = parent.card.preprocessing
+    cfg.init_model, cfg.cases = str(model_dir), str(cases_dir)
+    cfg.features = tuple(parent.card.network.features)
+    cfg.spacing_mm = float(pre.spacing_mm[0])
+    cfg.patch = tuple(pre.patch_size)
+    cfg.normalization = dict(pre.normalization)
+    summary = train(cfg, resume=resume, log=log)
+    log(f"fine-tuning finished: {summary}")
+    return export(Path(cfg.run_dir), root if root is not None else user_models_root(), parent.card.name,
+                  description=f"{parent.card.tag} fine-tuned on {len(load_cases(cases_dir))} corrected case(s) "
+                              f"from {Path(cases_dir).name}, mixed with synthetic images",
+                  parent=parent.card.tag)
