@@ -1,4 +1,5 @@
-"""Corrected cases (what the module saves after a user fixes a segmentation) for fine-tuning and evaluation.
+"""Corrected cases (what the module saves after a user fixes a segmentation, see
+``KneeSegmentationLib.cases``) for fine-tuning and evaluation.
 
 A case is a folder holding ``image.nrrd`` (the image as segmented), ``label.nrrd`` (uint8, values 0–3 in
 the model's classes, same geometry as the image) and ``case.json`` (metadata; any JSON object). Every
@@ -13,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from KneeSegmentationLib.cases import IMAGE_FILE, LABEL_FILE, META_FILE, geometry_mismatch
 from KneeSegmentationLib.constants import NUM_CLASSES
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.preprocess import model_grid_around, prepare_input, resample_to_grid
 
 from .generator import Sample
 
-IMAGE_FILE, LABEL_FILE, META_FILE = "image.nrrd", "label.nrrd", "case.json"
-GEOMETRY_TOLERANCE = 1e-4  # relative, for spacing/origin/direction comparisons
 CASE_CENTER_JITTER_MM = 20.0  # crops of a case are centred on its bones plus this uniform jitter
 
 
@@ -39,15 +39,6 @@ def _read(path: Path, what: str, case: str) -> sitk.Image:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise DatasetError(f"case {case}: {path.name} is unreadable ({str(e).strip().splitlines()[-1]})") from e
-
-
-def same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
-    if a.GetSize() != b.GetSize():
-        return False
-    scale = max(max(a.GetSpacing()), 1.0)
-    return (np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=GEOMETRY_TOLERANCE)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=GEOMETRY_TOLERANCE * scale * 10)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=GEOMETRY_TOLERANCE))
 
 
 def load_case(folder: Path) -> Case:
@@ -69,9 +60,9 @@ def load_case(folder: Path) -> Case:
         raise DatasetError(f"case {name}: image and label map must be 3D")
     if label.GetPixelID() != sitk.sitkUInt8:
         raise DatasetError(f"case {name}: the label map must be uint8, not {label.GetPixelIDTypeAsString()}")
-    if not same_geometry(image, label):
-        raise DatasetError(f"case {name}: image and label map differ in geometry (size {image.GetSize()} vs "
-                           f"{label.GetSize()}, spacing/origin/direction must match too)")
+    mismatch = geometry_mismatch(image, label)
+    if mismatch:
+        raise DatasetError(f"case {name}: image and label map are on different grids ({mismatch})")
     values = np.unique(sitk.GetArrayViewFromImage(label))
     if values.max() >= NUM_CLASSES:
         raise DatasetError(f"case {name}: label values {values.tolist()} outside 0–{NUM_CLASSES - 1}")
