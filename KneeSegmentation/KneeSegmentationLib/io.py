@@ -57,8 +57,12 @@ def echo_time_of(image: sitk.Image) -> float | None:
 
 
 def list_echoes(path: str | os.PathLike) -> list[float]:
-    """Echo times (ms, ascending) of the DICOM series at ``path``; empty if its files carry no EchoTime."""
-    return [group.echo_time for group in _echo_groups(Path(path)) if group.echo_time is not None]
+    """Echo times (ms, ascending) of the DICOM series at ``path``; empty if its files carry no EchoTime, and
+    for an image file (NRRD, NIfTI, MetaImage), which holds one echo."""
+    path = Path(path)
+    if path.is_file() and _has_image_suffix(path):
+        return []
+    return [group.echo_time for group in _echo_groups(path) if group.echo_time is not None]
 
 
 def _has_image_suffix(path: Path) -> bool:

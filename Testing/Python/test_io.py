@@ -227,8 +227,10 @@ def test_bad_files_are_refused_with_a_clear_message(tmp_path: Path) -> None:
     text.write_text("not an image")
     with pytest.raises(InputError, match="notes.txt is neither a supported image file"):
         read_image(text)
+    one = write_image(make_image(), tmp_path / "one.nrrd")
+    assert list_echoes(one) == []
     with pytest.raises(InputError, match="single image; echo 2 does not exist"):
-        read_image(write_image(make_image(), tmp_path / "one.nrrd"), echo=2)
+        read_image(one, echo=2)
 
 
 @pytest.fixture(scope="module")
