@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from KneeSegmentationLib.modelfile import load_model, user_models_root
+from KneeSegmentationLib.modelfile import bundled_models_root, load_model, next_version, user_models_root
 
 from .cases import load_cases
 from .config import TrainConfig
@@ -30,7 +30,11 @@ def finetune(model_dir: Path, cases_dir: Path, cfg: TrainConfig, root: Path | No
     cfg.normalization = dict(pre.normalization)
     summary = train(cfg, resume=resume, log=log)
     log(f"fine-tuning finished: {summary}")
-    return export(Path(cfg.run_dir), root if root is not None else user_models_root(), parent.card.name,
+    root = Path(root) if root is not None else user_models_root()
+    # Number across the bundled root, the target root and the parent's root, so that a fine-tuned model never
+    # shares its tag (name/vN) with a bundled one (the user root starts empty).
+    version = next_version(parent.card.name, [bundled_models_root(), root, Path(model_dir).resolve().parents[1]])
+    return export(Path(cfg.run_dir), root, parent.card.name, version=version,
                   description=f"{parent.card.tag} fine-tuned on {len(load_cases(cases_dir))} corrected case(s) "
                               f"from {Path(cases_dir).name}, mixed with synthetic images",
                   parent=parent.card.tag)

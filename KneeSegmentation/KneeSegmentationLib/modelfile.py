@@ -275,11 +275,59 @@ def list_models(roots: Iterable[Path] | None = None) -> list[ModelEntry]:
     return sorted(found, key=lambda e: (e.name, e.version))
 
 
+SELECTION_FILE = "selection.json"  # in the user models root: the version the user (or a retrain) made default
+
+
+def selected_model_path(roots: Iterable[Path] | None = None) -> Path | None:
+    """The model folder named by the first ``selection.json`` found in ``roots`` (default: the user models
+    root), or None. The file is written by ``select_default_model``; a stale entry is ignored."""
+    roots = list(roots) if roots is not None else [user_models_root()]
+    for root in roots:
+        path = Path(root) / SELECTION_FILE
+        if not path.is_file():
+            continue
+        try:
+            chosen = json.loads(path.read_text(encoding="utf-8")).get("path")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if chosen and (Path(chosen) / CARD_FILE).is_file():
+            return Path(chosen)
+    return None
+
+
+def select_default_model(model_dir: Path | str, root: Path | str | None = None) -> Path:
+    """Makes ``model_dir`` the default model (``selection.json`` in ``root``, default the user models root,
+    written atomically). Rollback is selecting an older version; the models themselves are not touched."""
+    model_dir = Path(model_dir).resolve()
+    card = read_card(model_dir)
+    root = Path(root) if root is not None else user_models_root()
+    root.mkdir(parents=True, exist_ok=True)
+    data = {"path": str(model_dir), "tag": card.tag, "selected": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    fd, tmp = tempfile.mkstemp(prefix=".selection-", suffix=".json", dir=root)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, root / SELECTION_FILE)
+    return root / SELECTION_FILE
+
+
+def next_version(name: str, roots: Iterable[Path] | None = None) -> int:
+    """The next free version number of the family ``name`` across all roots (bundled and user), so that a
+    fine-tuned model never shares a tag with a bundled one."""
+    return max((e.version for e in list_models(roots) if e.name == name), default=0) + 1
+
+
 def default_model(roots: Iterable[Path] | None = None) -> ModelEntry:
-    """The newest version of the bundled model family unless a ``DEFAULT`` file in the name folder pins one."""
+    """The model selected in a ``selection.json`` of ``roots`` (see ``select_default_model``); else the newest
+    version of the bundled model family unless a ``DEFAULT`` file in the name folder pins one."""
     entries = list_models(roots)
     if not entries:
         raise ModelError("no KneeSegmentation model found; install the extension's bundled model or pass --model")
+    roots = list(roots) if roots is not None else [bundled_models_root(), user_models_root()]
+    chosen = selected_model_path(roots)
+    if chosen is not None:
+        for e in entries:
+            if e.path.resolve() == chosen.resolve():
+                return e
     name = entries[0].name
     pinned = None
     for e in entries:
