@@ -1,0 +1,530 @@
+"""Retraining from the user's corrected cases, in a separate process, measured against the previous model.
+
+    job = RetrainJob(RetrainSettings(model=None, cases=dataset_dir, synthetic=synth_dataset)).start()
+    status = job.poll()     # from a QTimer (or a CLI loop): phase, step/total, loss and validation curves
+    job.stop()              # kills the process tree; no partial model is left anywhere
+    status.result           # RetrainResult once finished: new model, its Dice on held-out cases and the parent's
+
+Why a process, not a thread: training holds the CPU (or GPU) for minutes to hours and cannot be cancelled
+cooperatively inside torch's ops; a process in its own session can be killed as a whole (``os.killpg``) the
+moment the user presses Stop, and Slicer's GUI thread only reads two small CSV files per poll.
+
+Phases, each a child process started with ``sys.executable``:
+1. **training**: ``python -m trainer finetune`` on the cases minus a held-out share, mixed with synthetic
+   images; progress is read from the run folder the trainer already writes (``train.csv``: step, loss;
+   ``val.csv``: step, Dice per bone; ``config.json``: total steps), so no extra protocol is needed. The new
+   version appears only through ``modelfile.save_model``'s atomic rename at the very end.
+2. **evaluating**: ``python -m KneeSegmentationLib.retrain compare``: the parent and the new model segment the
+   held-out cases through the same pipeline the module uses; per-bone Dice of each goes to
+   ``user_metrics.json`` in the models root, beside each other.
+3. The new version becomes the default (``modelfile.select_default_model``) only if it beats the parent on
+   held-out cases, or if the user said so (``make_default="yes"``); otherwise the previous default stays
+   selected explicitly. Rollback is ``select_default_model(older_version_folder)`` at any time.
+
+Stop kills the process group, then removes what the child may have left: the temporary work folder (run
+folder, checkpoints, case links) and any hidden temporary folder ``save_model`` had started in the models
+root. A version folder is either complete (renamed into place) or absent.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from .cases import IMAGE_FILE, LABEL_FILE, list_cases, default_dataset_dir
+from .constants import BONES
+from .errors import DatasetError, KneeSegError, ModelError
+from .modelfile import (bundled_models_root, default_model, read_card, select_default_model, selected_model_path,
+                        user_models_root)
+
+SYNTH_DATASET_ENV = "KNEESEG_SYNTH_DATASET"
+USER_METRICS_FILE = "user_metrics.json"
+HOLDOUT_EVERY = 4  # every 4th case (by name) is held out for the comparison; at least one if there are two
+STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long
+LOG_TAIL_CHARS = 2000
+WRITTEN_LINE = re.compile(r"fine-tuned model written to (.+)$", re.M)
+REPO_ROOT = Path(__file__).resolve().parents[2]  # holds trainer/ and KneeSegmentation/
+PHASES = ("starting", "training", "evaluating", "done", "failed", "stopped")
+
+
+def default_synthetic_dataset() -> Path:
+    """The trainer's prepared synthesis dataset mixed into fine-tuning: ``$KNEESEG_SYNTH_DATASET`` or
+    ``~/.kneesegmentation/SynthDataset`` (made once with ``python -m trainer prepare --out …``)."""
+    env = os.environ.get(SYNTH_DATASET_ENV)
+    return Path(env) if env else Path.home() / ".kneesegmentation" / "SynthDataset"
+
+
+@dataclass
+class RetrainSettings:
+    """What a retraining should do; the CLI and the module's panel fill it."""
+
+    model: Path | None = None  # parent model version folder; None = the current default model
+    cases: Path | None = None  # dataset of corrected cases; None = cases.default_dataset_dir()
+    synthetic: Path | None = None  # trainer's synthesis dataset; None = default_synthetic_dataset()
+    root: Path | None = None  # models root for the new version; None = modelfile.user_models_root()
+    steps: int = 200
+    holdout: bool = True  # hold out every HOLDOUT_EVERY-th case (at least one of two) for the comparison
+    make_default: str = "auto"  # "auto": only if better on held-out cases; "yes"; "no"
+    device: str = "auto"  # for the comparison
+    n4: bool = True  # the comparison segments like the module does by default
+    trainer_args: tuple[str, ...] = ()  # extra ``trainer finetune`` options, e.g. ("--crop", "48,48,48")
+    python: str = sys.executable
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    model: Path
+    tag: str
+    parent: str
+    metrics: dict  # the new model on the evaluation cases: {"dice": {bone: mean}, "score": mean, ...}
+    parent_metrics: dict
+    held_out: bool  # False when the evaluation cases were also trained on (a single case)
+    made_default: bool
+    reason: str
+    train_s: float
+    evaluate_s: float
+
+
+@dataclass(frozen=True)
+class RetrainStatus:
+    phase: str
+    step: int
+    total_steps: int
+    loss: list[tuple[int, float]]  # (step, training loss)
+    validation: list[tuple[int, dict]]  # (step, {"score": …, "dice_femur": …, …}) on synthetic validation
+    message: str
+    elapsed_s: float
+    result: RetrainResult | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("done", "failed", "stopped")
+
+    @property
+    def fraction(self) -> float:
+        if self.phase == "done":
+            return 1.0
+        return 0.9 * min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+
+# ------------------------------------------------------------------------------------------ processes
+def _child_env() -> dict:
+    """The child finds the library and the trainer whether or not they are installed (as in Slicer)."""
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT), str(REPO_ROOT / "KneeSegmentation")]
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def spawn(command: Sequence[str], log_path: Path) -> subprocess.Popen:
+    """Starts ``command`` in its own session / process group, output appended to ``log_path``."""
+    kwargs: dict = {}
+    if os.name == "posix":
+        kwargs["start_new_session"] = True
+    else:
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=_child_env(), cwd=str(log_path.parent), **kwargs)
+
+
+def kill_tree(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """Ends ``proc`` and every process it started (its whole process group): TERM, then KILL."""
+    if proc.poll() is not None and os.name != "posix":
+        return
+    if os.name == "posix":
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait)
+                # the leader is gone; make sure no straggler of the group survives it
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            break
+    else:
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
+    try:
+        proc.wait(10.0)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return text[-chars:]
+
+
+# ------------------------------------------------------------------------------------------- progress
+def read_csv_rows(path: Path) -> list[dict]:
+    """Complete rows of a CSV the child is appending to (a half-written last line is skipped)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return list(csv.DictReader(text.splitlines()))
+
+
+def _float(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def read_progress(run_dir: Path) -> tuple[int, int, list[tuple[int, float]], list[tuple[int, dict]]]:
+    """(step, total steps, loss curve, validation curve) from a trainer run folder."""
+    total = 0
+    try:
+        total = int(json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    loss = [(int(r["step"]), f) for r in read_csv_rows(run_dir / "train.csv") if (f := _float(r.get("loss"))) is not None]
+    val = []
+    for r in read_csv_rows(run_dir / "val.csv"):
+        values = {k: f for k, v in r.items() if k != "step" and (f := _float(v)) is not None}
+        if "score" in values:
+            val.append((int(r["step"]), values))
+    step = max([s for s, _ in loss] + [s for s, _ in val] + [0])
+    return step, total, loss, val
+
+
+# ------------------------------------------------------------------------------------ cases, metrics
+def split_cases(case_dirs: list[Path], holdout: bool) -> tuple[list[Path], list[Path], bool]:
+    """(train, evaluate, held_out). Every HOLDOUT_EVERY-th case (by name, starting with the last) is held
+    out; one case alone is trained on and evaluated on (not held out: reported as such)."""
+    case_dirs = sorted(case_dirs)
+    if not holdout or len(case_dirs) < 2:
+        return case_dirs, case_dirs, False
+    held = {case_dirs[i] for i in range(len(case_dirs) - 1, -1, -HOLDOUT_EVERY)}
+    return [c for c in case_dirs if c not in held], sorted(held), True
+
+
+def _link_cases(cases: list[Path], folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for case in cases:
+        try:
+            os.symlink(case.resolve(), folder / case.name, target_is_directory=True)
+        except OSError:  # e.g. Windows without the symlink privilege
+            shutil.copytree(case, folder / case.name)
+    return folder
+
+
+def compare_on_cases(models: Sequence[Path], case_dirs: Sequence[Path], device: str = "auto",
+                     n4: bool = True) -> list[dict]:
+    """Each model segments each case through the module's pipeline; per-bone Dice against the case's labels
+    (bones absent from a case's labels are not scored for it). Returns one summary per model."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .metrics import dice
+    from .modelfile import load_model
+    from .pipeline import SegmentationSettings, run_segmentation
+
+    cases = [(Path(c).name, sitk.ReadImage(str(Path(c) / IMAGE_FILE), sitk.sitkFloat32),
+              sitk.GetArrayFromImage(sitk.ReadImage(str(Path(c) / LABEL_FILE)))) for c in case_dirs]
+    out = []
+    for model in models:
+        loaded = load_model(model)
+        per_bone: dict[str, list[float]] = {b.name: [] for b in BONES}
+        per_case = []
+        for name, image, truth in cases:
+            result = run_segmentation(image, SegmentationSettings(model=loaded, device=device, n4=n4))
+            pred = sitk.GetArrayFromImage(result.labelmap)
+            row = {"case": name}
+            for b in BONES:
+                if (truth == b.label).any():
+                    row[b.name] = round(dice(pred == b.label, truth == b.label), 4)
+                    per_bone[b.name].append(row[b.name])
+            per_case.append(row)
+        means = {k: round(float(np.mean(v)), 4) for k, v in per_bone.items() if v}
+        out.append({"model": str(model), "tag": loaded.card.tag, "dice": means,
+                    "score": round(float(np.mean(list(means.values()))), 4) if means else 0.0, "cases": per_case})
+    return out
+
+
+def read_user_metrics(root: Path | None = None) -> dict:
+    """``{model path: record}`` of every retrained model's comparison on the user's cases."""
+    path = Path(root or user_models_root()) / USER_METRICS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def user_metrics_for(model_dir: Path, root: Path | None = None) -> dict | None:
+    """The comparison recorded for ``model_dir`` (for the version picker), or None."""
+    return read_user_metrics(root).get(str(Path(model_dir).resolve()))
+
+
+def record_user_metrics(root: Path, model_dir: Path, record: dict) -> None:
+    """Adds one record to ``user_metrics.json`` (temp file + rename; earlier records are kept)."""
+    data = read_user_metrics(root)
+    data[str(Path(model_dir).resolve())] = record
+    fd, tmp = tempfile.mkstemp(prefix=".user_metrics-", suffix=".json", dir=root)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, Path(root) / USER_METRICS_FILE)
+
+
+def decide_default(new: dict, parent: dict, held_out: bool, make_default: str) -> tuple[bool, str]:
+    if make_default == "yes":
+        return True, "made default as requested"
+    if make_default == "no":
+        return False, "kept the previous default as requested"
+    if not held_out:
+        return False, ("kept the previous default: with a single case there is no held-out case to show the new "
+                       "version is better; select it yourself if you want it")
+    if new["score"] > parent["score"]:
+        return True, f"better on held-out cases (mean Dice {new['score']:.3f} vs {parent['score']:.3f})"
+    return False, f"not better on held-out cases (mean Dice {new['score']:.3f} vs {parent['score']:.3f})"
+
+
+# ------------------------------------------------------------------------------------------------ job
+class RetrainJob:
+    """One retraining: start(), then poll() from a timer until ``status.finished``; stop() at any time.
+
+    Never blocks the caller for long: start() spawns the child and returns; poll() reads small files;
+    stop() waits at most a few seconds for the process tree to die."""
+
+    def __init__(self, settings: RetrainSettings | None = None) -> None:
+        self.settings = settings or RetrainSettings()
+        self._lock = threading.Lock()
+        self._phase = "starting"
+        self._message = "Preparing"
+        self._error: str | None = None
+        self._result: RetrainResult | None = None
+        self._proc: subprocess.Popen | None = None
+        self._work: Path | None = None
+        self._t0 = self._t_train_end = self._t_end = None
+        self._progress: tuple[int, int, list, list] = (0, self.settings.steps, [], [])
+
+    # -- set-up
+    def _resolve(self) -> None:
+        s = self.settings
+        self.parent = Path(s.model) if s.model is not None else default_model().path
+        self.parent_card = read_card(self.parent)
+        self.cases_dir = Path(s.cases) if s.cases is not None else default_dataset_dir()
+        self.synthetic = Path(s.synthetic) if s.synthetic is not None else default_synthetic_dataset()
+        self.root = Path(s.root) if s.root is not None else user_models_root()
+        cases = [c.path for c in list_cases(self.cases_dir)]
+        if not cases:
+            raise DatasetError(f"no saved training cases in {self.cases_dir}; save a corrected segmentation first")
+        if not (self.synthetic / "manifest.json").is_file():
+            raise DatasetError(f"the synthesis dataset {self.synthetic} is missing; make it once with "
+                               f"`python -m trainer prepare --out {self.synthetic}` (or set ${SYNTH_DATASET_ENV})")
+        if not (REPO_ROOT / "trainer" / "__main__.py").is_file():
+            raise KneeSegError(f"the trainer is not installed beside the library ({REPO_ROOT / 'trainer'})")
+        self.train_cases, self.eval_cases, self.held_out = split_cases(cases, s.holdout)
+        try:
+            self._default_before = default_model(self._roots()).path
+        except ModelError:
+            self._default_before = self.parent
+        self.family_dir = self.root / self.parent_card.name
+        self._before = set(os.listdir(self.family_dir)) if self.family_dir.is_dir() else None
+        self._root_existed = self.root.is_dir()
+
+    def finetune_command(self) -> list[str]:
+        s = self.settings
+        return [s.python, "-m", "trainer", "finetune", "--model", str(self.parent),
+                "--cases", str(self._work / "train_cases"), "--dataset", str(self.synthetic),
+                "--run", str(self._work / "run"), "--root", str(self.root), "--steps", str(s.steps),
+                "--fresh", *s.trainer_args]
+
+    def start(self) -> "RetrainJob":
+        self._resolve()
+        self._t0 = time.perf_counter()
+        self._work = Path(tempfile.mkdtemp(prefix="kneeseg-retrain-"))
+        _link_cases(self.train_cases, self._work / "train_cases")
+        with self._lock:
+            self._phase, self._message = "training", f"Fine-tuning {self.parent_card.tag} on {len(self.train_cases)} case(s)"
+            self._proc = spawn(self.finetune_command(), self._work / "train.log")
+        return self
+
+    # -- polling
+    def poll(self) -> RetrainStatus:
+        with self._lock:
+            self._refresh_progress()
+            self._advance()
+            return self._status_unlocked()
+
+    def _refresh_progress(self) -> None:
+        """Keeps the last progress read from the run folder (the folder goes away with the work folder)."""
+        run = self._work / "run" if self._work else None
+        if run is not None and run.is_dir():
+            self._progress = read_progress(run)
+
+    def wait(self, timeout: float | None = None, interval: float = 0.5) -> RetrainStatus:
+        """Polls until the job ends (CLI and tests; the GUI polls from a timer instead)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.poll()
+            if status.finished or (deadline is not None and time.monotonic() > deadline):
+                return status
+            time.sleep(interval)
+
+    def _advance(self) -> None:
+        """Moves to the next phase when the current child has exited (called under the lock)."""
+        if self._phase not in ("training", "evaluating") or self._proc is None or self._proc.poll() is None:
+            return
+        code = self._proc.returncode
+        if self._phase == "training":
+            self._refresh_progress()
+            self._t_train_end = time.perf_counter()
+            log = _tail(self._work / "train.log", 1 << 16)
+            found = WRITTEN_LINE.findall(log)
+            if code != 0 or not found:
+                self._fail(f"fine-tuning failed (exit status {code}):\n{_tail(self._work / 'train.log')}")
+                return
+            self.new_model = Path(found[-1].strip())
+            self._keep_current_default()
+            self._phase, self._message = "evaluating", (
+                f"Comparing {self.parent_card.tag} and the new version on {len(self.eval_cases)} "
+                f"{'held-out' if self.held_out else 'training'} case(s)")
+            cmd = [self.settings.python, "-m", "KneeSegmentationLib.retrain", "compare",
+                   "--out", str(self._work / "compare.json"), "--device", self.settings.device,
+                   *([] if self.settings.n4 else ["--no-n4"]), "--models", str(self.parent), str(self.new_model),
+                   "--cases", *map(str, self.eval_cases)]
+            self._proc = spawn(cmd, self._work / "compare.log")
+            return
+        if code != 0 or not (self._work / "compare.json").is_file():
+            self._fail(f"the comparison failed (exit status {code}); the new version {self.new_model} is kept but "
+                       f"not made default:\n{_tail(self._work / 'compare.log')}")
+            return
+        self._register(json.loads((self._work / "compare.json").read_text(encoding="utf-8")))
+
+    def _keep_current_default(self) -> None:
+        """The new version must not become the default just by being the newest: unless a selection exists,
+        pin the model that was the default before the retraining started."""
+        if selected_model_path([self.root]) is None:
+            select_default_model(self._default_before, self.root)
+
+    def _roots(self) -> list[Path]:
+        roots = [bundled_models_root(), self.root, self.parent.parent.parent]
+        return list(dict.fromkeys(r.resolve() for r in roots if r.is_dir()))
+
+    def _register(self, compared: list[dict]) -> None:
+        parent, new = compared
+        make, reason = decide_default(new, parent, self.held_out, self.settings.make_default)
+        now = time.perf_counter()
+        train_s, eval_s = self._t_train_end - self._t0, now - self._t_train_end
+        record = {"tag": new["tag"], "parent": parent["tag"], "parent_model": str(self.parent.resolve()),
+                  "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "held_out": self.held_out, "evaluation_cases": [c.name for c in self.eval_cases],
+                  "training_cases": [c.name for c in self.train_cases], "steps": self.settings.steps,
+                  "train_s": round(train_s, 1), "metrics": {k: new[k] for k in ("dice", "score", "cases")},
+                  "parent_metrics": {k: parent[k] for k in ("dice", "score", "cases")},
+                  "made_default": make, "reason": reason}
+        record_user_metrics(self.root, self.new_model, record)
+        if make:
+            select_default_model(self.new_model, self.root)
+        self._result = RetrainResult(self.new_model, new["tag"], parent["tag"], record["metrics"],
+                                     record["parent_metrics"], self.held_out, make, reason, train_s, eval_s)
+        self._phase, self._message, self._t_end = "done", f"{new['tag']}: {reason}", now
+        self._cleanup_work()
+
+    def _fail(self, error: str) -> None:
+        self._phase, self._error, self._message, self._t_end = "failed", error, "Failed", time.perf_counter()
+        self._remove_partial_outputs()
+        self._cleanup_work()
+
+    # -- stopping
+    def stop(self) -> RetrainStatus:
+        """Kills the running child's process tree and removes everything partial. Safe to call twice."""
+        with self._lock:
+            if self._phase in ("done", "failed", "stopped"):
+                return self._status_unlocked()
+            if self._proc is not None:
+                kill_tree(self._proc)
+            self._refresh_progress()
+            self._phase, self._message, self._t_end = "stopped", "Stopped; nothing partial was kept", time.perf_counter()
+            self._remove_partial_outputs()
+            self._cleanup_work()
+            return self._status_unlocked()
+
+    def _status_unlocked(self) -> RetrainStatus:
+        step, total, loss, val = self._progress
+        end = self._t_end or time.perf_counter()
+        return RetrainStatus(self._phase, step, total or self.settings.steps, loss, val, self._message,
+                             end - (self._t0 or end), self._result, self._error)
+
+    def _remove_partial_outputs(self) -> None:
+        """Hidden temporary folders ``save_model`` started in the family folder, and folders we created."""
+        if not hasattr(self, "family_dir"):
+            return
+        if self.family_dir.is_dir():
+            for name in set(os.listdir(self.family_dir)) - (self._before or set()):
+                if name.startswith("."):
+                    shutil.rmtree(self.family_dir / name, ignore_errors=True)
+            if self._before is None and not any(self.family_dir.iterdir()):
+                self.family_dir.rmdir()
+        if not self._root_existed and self.root.is_dir() and not any(self.root.iterdir()):
+            self.root.rmdir()
+
+    def _cleanup_work(self) -> None:
+        if self._work is not None and self._work.exists():
+            shutil.rmtree(self._work, ignore_errors=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+
+# ------------------------------------------------------------------------------- child entry point
+def _compare_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m KneeSegmentationLib.retrain")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="Dice of several models on corrected cases, as JSON")
+    c.add_argument("--models", nargs="+", type=Path, required=True)
+    c.add_argument("--cases", nargs="+", type=Path, required=True)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--no-n4", action="store_true")
+    a = p.parse_args(argv)
+    result = compare_on_cases(a.models, a.cases, a.device, n4=not a.no_n4)
+    tmp = a.out.with_name(f".{a.out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_compare_main())
