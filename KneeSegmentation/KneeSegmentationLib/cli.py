@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .cli_training import add_training_commands
 from .errors import Cancelled, KneeSegError
 from .infer import DEVICES, available_devices
 from .modelfile import ModelEntry, default_model, list_models, read_card
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", type=Path, nargs="?", help="model version folder (default: the default model)")
     info.add_argument("--json", action="store_true", help="print the whole model card as JSON")
     sub.add_parser("models", help="list the installed model versions")
+    COMMANDS.update(add_training_commands(sub))  # save-case, cases, retrain, select (cli_training.py)
     return parser
 
 

@@ -1,0 +1,63 @@
+"""The module-facing logic of the retrain loop under real MRML: save a corrected segmentation node as a case
+(with how much was edited against the remembered model output), list versions, select and roll back."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import SimpleITK as sitk
+
+from KneeSegmentationLib.cases import LABEL_FILE, META_FILE
+from KneeSegmentationLib.mrml import volume_node_from_image
+from KneeSegmentationLib.segments import labelmap_to_segmentation
+from KneeSegmentationLib.training_logic import MODEL_OUTPUT_ROLE, TrainingLogic, model_output_of
+from phantom import centered_grid, phantom_image, phantom_labels
+from test_retrain import tiny_parent
+
+
+def _knee():
+    grid = centered_grid((30, 32, 28), (2.5, 2.5, 3.0), direction=np.diag([1.0, -1.0, 1.0]))
+    truth = phantom_labels(grid)
+    model = sitk.GetArrayFromImage(truth)
+    model[model == 2] = 0  # the model missed the tibia; the user paints it back
+    model_image = sitk.GetImageFromArray(model)
+    model_image.CopyInformation(truth)
+    return phantom_image(truth, seed=5), truth, model_image
+
+
+def test_save_case_from_nodes_records_the_edit(scene, tmp_path):
+    image, truth, model_output = _knee()
+    volume = volume_node_from_image(scene, image, "knee")
+    seg = labelmap_to_segmentation(scene, model_output, volume, model_tag="tiny/v1")
+    logic = TrainingLogic(scene, dataset_dir=tmp_path / "cases", models_root=tmp_path / "user",
+                          model_roots=[tmp_path / "bundled"])
+    hidden = logic.remember_model_output(seg, model_output, "tiny/v1")
+    assert hidden.GetHideFromEditors() and seg.GetNodeReference(MODEL_OUTPUT_ROLE) is hidden
+    labelmap_to_segmentation(scene, truth, volume, segmentation_node=seg, model_tag="tiny/v1")  # the user's edit
+    kept, tag = model_output_of(seg)
+    assert tag == "tiny/v1" and np.array_equal(sitk.GetArrayFromImage(kept), sitk.GetArrayFromImage(model_output))
+
+    folder = logic.save_case(volume, seg)
+    meta = json.loads((folder / META_FILE).read_text())
+    assert meta["model"] == "tiny/v1" and meta["source"] == "knee"
+    assert meta["edit"]["dice"] == {"Femur": 1.0, "Tibia": 0.0, "Fibula": 1.0}
+    saved = sitk.ReadImage(str(folder / LABEL_FILE))
+    assert np.array_equal(sitk.GetArrayFromImage(saved), sitk.GetArrayFromImage(truth))
+    assert np.allclose(saved.GetDirection(), image.GetDirection())
+    assert [c.path for c in logic.cases()] == [folder]
+
+    again = logic.remember_model_output(seg, truth)  # a new Apply replaces the remembered output
+    assert scene.GetNodeByID(hidden.GetID()) is None and seg.GetNodeReference(MODEL_OUTPUT_ROLE) is again
+
+
+def test_versions_select_and_rollback(scene, tmp_path):
+    bundled, user = tmp_path / "bundled", tmp_path / "user"
+    v1, v2 = tiny_parent(bundled), tiny_parent(bundled)
+    logic = TrainingLogic(scene, dataset_dir=tmp_path / "cases", models_root=user, model_roots=[bundled])
+    assert [(c.label, c.is_default) for c in logic.versions()] == [("tiny-retrain v1", False),
+                                                                   ("tiny-retrain v2", True)]
+    logic.select_version(v1)
+    assert logic.default_version() == v1 and [c.is_default for c in logic.versions()] == [True, False]
+    assert logic.retrain_settings(steps=5).model == v1 and logic.retrain_settings().root == user
+    logic.select_version(v2)
+    assert logic.default_version() == v2
