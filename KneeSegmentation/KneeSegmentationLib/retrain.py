@@ -340,11 +340,12 @@ class RetrainJob:
     # -- set-up
     def _resolve(self) -> None:
         s = self.settings
-        self.parent = Path(s.model) if s.model is not None else default_model().path
+        # absolute paths: the children run in the work folder
+        self.parent = (Path(s.model) if s.model is not None else default_model().path).resolve()
         self.parent_card = read_card(self.parent)
-        self.cases_dir = Path(s.cases) if s.cases is not None else default_dataset_dir()
-        self.synthetic = Path(s.synthetic) if s.synthetic is not None else default_synthetic_dataset()
-        self.root = Path(s.root) if s.root is not None else user_models_root()
+        self.cases_dir = (Path(s.cases) if s.cases is not None else default_dataset_dir()).resolve()
+        self.synthetic = (Path(s.synthetic) if s.synthetic is not None else default_synthetic_dataset()).resolve()
+        self.root = (Path(s.root) if s.root is not None else user_models_root()).resolve()
         cases = [c.path for c in list_cases(self.cases_dir)]
         if not cases:
             raise DatasetError(f"no saved training cases in {self.cases_dir}; save a corrected segmentation first")
