@@ -145,30 +145,24 @@ def spawn(command: Sequence[str], log_path: Path) -> subprocess.Popen:
 
 
 def kill_tree(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
-    """Ends ``proc`` and every process it started (its whole process group): TERM, then KILL."""
-    if proc.poll() is not None and os.name != "posix":
-        return
-    if os.name == "posix":
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait)
-                # the leader is gone; make sure no straggler of the group survives it
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
-            break
-    else:
+    """Ends ``proc`` and every process it started (its whole process group): TERM, then KILL after
+    ``grace_s``; the group is KILLed in any case, so that no grandchild (a DataLoader worker, torchrun's
+    ranks) outlives its leader."""
+    if os.name != "posix":
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
-    try:
         proc.wait(10.0)
-    except subprocess.TimeoutExpired:
-        pass
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        if sig == signal.SIGTERM:
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+    proc.wait(10.0)
 
 
 def process_group_alive(pgid: int) -> bool:
