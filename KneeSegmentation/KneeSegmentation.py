@@ -1,0 +1,594 @@
+"""KneeSegmentation: Femur, Tibia and Fibula segments from a knee MRI, with one button.
+
+The only file of the extension that imports qt, ctk, slicer.app or ScriptedLoadableModule. It is thin: the
+panel (Resources/UI/KneeSegmentation.ui) is bound to a parameter node; the work is done by
+``KneeSegmentationLib.logic.SegmentationLogic`` (no Qt, tested under slicer-core), which runs the library's
+pipeline in a worker thread while a QTimer here polls its progress. torch is imported only after the
+dependency check, so the module loads (and can offer to install PyTorch) in a Slicer without torch.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import tempfile
+import traceback
+
+import ctk  # noqa: F401 - loads the CTK widget classes that the .ui uses
+import qt
+import vtk
+
+import slicer
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+# torch-free parts of the library only; the rest is imported after ensureDependencies().
+from KneeSegmentationLib import dependencies, resources
+from KneeSegmentationLib.errors import Cancelled, KneeSegError
+
+POLL_INTERVAL_MS = 200
+DEFAULT_MODEL_TEXT = "Default model"
+
+#
+# KneeSegmentation
+#
+
+
+class KneeSegmentation(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Knee Segmentation")
+        self.parent.categories = [_("Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["KneeSegmentation developers"]
+        self.parent.helpText = _("""
+Segments the <b>Femur</b>, <b>Tibia</b> and <b>Fibula</b> of a knee MRI (any orientation, any contrast the
+model was trained for) into an editable segmentation. Select the input volume (and the echo of a multi-echo
+series), optionally an ROI box around the knee, and click <b>Apply</b>. The work runs in the background;
+<b>Cancel</b> stops it and leaves the scene unchanged. Open the result in the Segment Editor to correct it.
+A segmentation that already holds segments is never overwritten without asking.
+Not a medical device; results must be reviewed.
+""")
+        self.parent.acknowledgementText = _("""
+Built on 3D Slicer's scripted module template (Jean-Christophe Fillion-Robin, Kitware; Andras Lasso, PerkLab;
+Steve Pieper, Isomics). The sample image is a de-identified multi-echo knee series from the MIT-licensed
+mskt package (pymskt, Anthony Gatti).
+""")
+        icon = resources.icon_file()
+        if icon.is_file():  # Resources/ sits beside the module folder, not inside it (see CMakeLists.txt)
+            self.parent.icon = qt.QIcon(str(icon))
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """The real knee MRI in the Sample Data module, loaded from the extension's folder (no internet)."""
+    import SampleData
+
+    try:
+        sample = resources.knee_sample()
+    except KneeSegError as error:
+        logging.warning(f"KneeSegmentation: sample data not registered: {error}")
+        return
+    if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):  # Slicer ≥ 5.9
+        SampleData.SampleDataLogic.registerCustomSampleDataCategory(sample.category, title=_("Knee Segmentation"))
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=sample.category,
+        sampleName=sample.name,
+        thumbnailFileName=str(sample.thumbnail),
+        uris=sample.uri,
+        fileNames=sample.path.name,
+        checksums=sample.checksum,
+        nodeNames=sample.name,
+    )
+
+
+#
+# Parameter node
+#
+
+
+class Device(enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    GPU = "gpu"
+
+    def label(self) -> str:
+        return {"auto": _("Auto"), "cpu": _("CPU"), "gpu": _("GPU")}[self.value]
+
+
+@parameterNodeWrapper
+class KneeSegmentationParameterNode:
+    """The panel's state, saved with the scene.
+
+    inputVolume - the knee MRI; echo - which echo of a multi-echo (multi-component) volume;
+    roi - optional box around the knee (none: found automatically); modelPath - a model version folder
+    ("" = the default model); device, n4, uncertainty - run options; outputSegmentation - none: a new node.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    echo: int = 0
+    roi: vtkMRMLMarkupsROINode
+    modelPath: str = ""
+    device: Device = Device.AUTO
+    n4: bool = True
+    uncertainty: bool = False
+    outputSegmentation: vtkMRMLSegmentationNode
+
+
+#
+# KneeSegmentationWidget
+#
+
+
+class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._run = None  # BackgroundRun in progress
+        self._runTarget = None  # (volume, output node or None, overwrite)
+        self._modelPaths: list[str] = []
+        self._choices = {}  # model path -> ModelChoice
+        self._timer = None
+
+    # -- set-up and scene life cycle (as in Slicer's template)
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(str(resources.ui_file()))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = KneeSegmentationLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onPoll)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.openSegmentEditorButton.connect("clicked(bool)", self.onOpenSegmentEditor)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.echoComboBox.connect("currentIndexChanged(int)", self.onEchoChanged)
+        self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.refreshEchoes)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.setValue(0)
+        self.initializeParameterNode()
+        self.refreshEnvironment()
+
+    def cleanup(self) -> None:
+        if self._run is not None:
+            self._run.cancel()
+        if self._timer is not None:
+            self._timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._run is not None:
+            self._run.cancel()  # its result would refer to nodes that are about to disappear
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Each bound widget carries a "SlicerParameterName" property in the .ui file.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self.refreshEchoes()
+            self._selectModelInCombo()
+            self._updateButtons()
+
+    # -- environment: dependencies, devices, models
+    def refreshEnvironment(self) -> None:
+        missing = dependencies.missing_packages()
+        self.ui.installDependenciesButton.visible = missing.any
+        if missing.any:
+            self.ui.deviceInfoLabel.text = _("Not installed yet: {names}").format(names=missing.describe())
+            self.ui.modelInfoLabel.text = _("Install the dependencies to list the models.")
+            return
+        try:
+            self.ui.deviceInfoLabel.text = self.logic.segmentation.describe_devices()
+        except Exception as error:  # a broken torch install: say so, keep the panel usable
+            self.ui.deviceInfoLabel.text = _("PyTorch does not load: {error}").format(error=error)
+            return
+        self.refreshModels()
+
+    def refreshModels(self) -> None:
+        if dependencies.missing_packages().any:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not list the models."), waitCursor=True):
+            choices = self.logic.segmentation.model_choices()
+            wasBlocked = self.ui.modelComboBox.blockSignals(True)
+            self.ui.modelComboBox.clear()
+            self._modelPaths = [""]
+            self.ui.modelComboBox.addItem(_(DEFAULT_MODEL_TEXT))
+            for choice in choices:
+                self.ui.modelComboBox.addItem(choice.label)
+                self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, choice.metrics, qt.Qt.ToolTipRole)
+                self._modelPaths.append(str(choice.path))
+            self._choices = {str(c.path): c for c in choices}
+            self.ui.modelComboBox.blockSignals(wasBlocked)
+            self._selectModelInCombo()
+
+    def _selectModelInCombo(self) -> None:
+        if not self._parameterNode or not self._modelPaths:
+            return
+        path = self._parameterNode.modelPath
+        index = self._modelPaths.index(path) if path in self._modelPaths else 0
+        self.ui.modelComboBox.currentIndex = index
+        self._showModelInfo(self._modelPaths[index])
+
+    def onModelChanged(self, index: int) -> None:
+        if self._parameterNode and 0 <= index < len(self._modelPaths):
+            self._parameterNode.modelPath = self._modelPaths[index]
+            self._showModelInfo(self._modelPaths[index])
+
+    def _showModelInfo(self, path: str) -> None:
+        choices = self._choices
+        if not path:
+            try:
+                path = str(self.logic.segmentation.default_model_path())
+            except KneeSegError as error:
+                self.ui.modelInfoLabel.text = str(error)
+                return
+        choice = choices.get(path)
+        self.ui.modelInfoLabel.text = (f"{choice.label}: {choice.metrics}" if choice else path)
+        self.ui.modelInfoLabel.toolTip = choice.description if choice else ""
+
+    def refreshEchoes(self, *args) -> None:
+        """Fills the echo list for a multi-echo (multi-component) volume; hidden for ordinary volumes.
+        Reads the selector itself: this slot may run before the parameter node has seen the new volume."""
+        volume = self.ui.inputSelector.currentNode()
+        labels = echo_labels_of(volume)
+        wasBlocked = self.ui.echoComboBox.blockSignals(True)
+        self.ui.echoComboBox.clear()
+        for label in labels:
+            self.ui.echoComboBox.addItem(label)
+        multi = len(labels) > 1
+        self.ui.echoComboBox.visible = multi
+        self.ui.echoLabel.visible = multi
+        if multi and self._parameterNode:
+            self.ui.echoComboBox.currentIndex = min(self._parameterNode.echo, len(labels) - 1)
+        self.ui.echoComboBox.blockSignals(wasBlocked)
+
+    def onEchoChanged(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.echo = index
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        running = self._run is not None
+        hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
+        self.ui.applyButton.enabled = hasInput and not running
+        self.ui.applyButton.toolTip = _("Segment the bones") if hasInput else _("Select an input volume")
+        self.ui.cancelButton.enabled = running
+        self.ui.inputsCollapsibleButton.enabled = not running
+        self.ui.optionsCollapsibleButton.enabled = not running
+        self.ui.outputsCollapsibleButton.enabled = not running
+        output = self._parameterNode.outputSegmentation if self._parameterNode else None
+        self.ui.openSegmentEditorButton.enabled = bool(output) and not running
+
+    # -- dependencies
+    def ensureDependencies(self) -> bool:
+        """True when torch and safetensors import; otherwise asks, installs, and says whether it worked."""
+        missing = dependencies.missing_packages()
+        if not missing.any:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                _("KneeSegmentation needs {names}, which are not installed in Slicer's Python.\n\n"
+                  "Install now? This downloads several hundred MB for PyTorch and can take minutes. "
+                  "Slicer's own numpy, VTK and SimpleITK are kept as they are.").format(names=missing.describe()),
+                windowTitle=_("Install dependencies")):
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
+            installDependencies(missing)
+        self.refreshEnvironment()
+        return not dependencies.missing_packages().any
+
+    def onInstallDependencies(self) -> None:
+        self.ensureDependencies()
+
+    # -- running
+    def onApplyButton(self) -> None:
+        if self._run is not None or not self.ensureDependencies():
+            return
+        p = self._parameterNode
+        output, overwrite = p.outputSegmentation, False
+        try:
+            from KneeSegmentationLib.logic import describe_output
+
+            if output is not None and output.GetSegmentation().GetNumberOfSegments() > 0:
+                choice = askOverwrite(describe_output(output))
+                if choice is None:
+                    return
+                output, overwrite = (output, True) if choice else (None, False)
+            self._run = self.logic.start(p, output, overwrite)
+        except KneeSegError as error:
+            slicer.util.errorDisplay(str(error), windowTitle=_("Knee segmentation"))
+            return
+        except Exception as error:
+            showUnexpected(error)
+            return
+        self._runTarget = (p.inputVolume, output, overwrite)
+        self.ui.progressBar.setValue(0)
+        self.ui.statusLabel.text = _("Starting…")
+        self._updateButtons()
+        self._timer.start()
+
+    def onCancelButton(self) -> None:
+        if self._run is not None:
+            self._run.cancel()
+            self.ui.statusLabel.text = _("Cancelling…")
+            self.ui.cancelButton.enabled = False
+
+    def onPoll(self) -> None:
+        if self._run is None:
+            self._timer.stop()
+            return
+        status = self._run.poll()
+        self.ui.progressBar.setValue(int(round(100 * status.fraction)))
+        self.ui.statusLabel.text = status.stage
+        if not status.finished:
+            return
+        self._timer.stop()
+        run, (volume, output, overwrite) = self._run, self._runTarget
+        self._run, self._runTarget = None, None
+        try:
+            if status.cancelled:
+                self.ui.progressBar.setValue(0)
+                self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
+            elif isinstance(status.error, KneeSegError):
+                self.ui.statusLabel.text = _("Failed.")
+                slicer.util.errorDisplay(str(status.error), windowTitle=_("Knee segmentation"))
+            elif status.error is not None:
+                self.ui.statusLabel.text = _("Failed.")
+                showUnexpected(status.error)
+            else:
+                self._showResult(status, volume, output, overwrite)
+        finally:
+            self._updateButtons()
+
+    def _showResult(self, status, volume, output, overwrite) -> None:
+        from KneeSegmentationLib.logic import OutputNotEmpty
+
+        try:
+            with slicer.util.WaitCursor():
+                segmentation = self.logic.segmentation.apply(status.result, volume, output, overwrite,
+                                                             add_uncertainty=self._parameterNode.uncertainty)
+        except OutputNotEmpty as error:  # segments were added to the output while the run worked
+            if not askOverwrite(str(error)):
+                self.ui.statusLabel.text = _("Result discarded; the output was left as it was.")
+                return
+            segmentation = self.logic.segmentation.apply(status.result, volume, None, False,
+                                                         add_uncertainty=self._parameterNode.uncertainty)
+        except KneeSegError as error:
+            slicer.util.errorDisplay(str(error), windowTitle=_("Knee segmentation"))
+            return
+        self._parameterNode.outputSegmentation = segmentation
+        segmentation.CreateClosedSurfaceRepresentation()
+        slicer.util.setSliceViewerLayers(background=volume)
+        result = status.result
+        text = _("Done in {seconds:.1f} s on {device} with {model}.").format(
+            seconds=status.elapsed_s, device=result.device, model=result.model.tag)
+        if result.warnings:
+            text += "\n" + "\n".join(result.warnings)
+            for warning in result.warnings:
+                logging.warning(f"KneeSegmentation: {warning}")
+        self.ui.statusLabel.text = text
+        logging.info(f"KneeSegmentation timings: {result.timings}")
+
+    def onOpenSegmentEditor(self) -> None:
+        segmentation = self._parameterNode.outputSegmentation
+        volume = self._parameterNode.inputVolume
+        if segmentation is None:
+            return
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(segmentation)
+        if volume is not None:
+            if hasattr(editor, "setSourceVolumeNode"):
+                editor.setSourceVolumeNode(volume)
+            else:  # Slicer < 5.2
+                editor.setMasterVolumeNode(volume)
+
+
+def echo_labels_of(volume) -> list[str]:
+    if volume is None or volume.GetImageData() is None:
+        return []
+    n = volume.GetImageData().GetNumberOfScalarComponents()
+    if n <= 1 or dependencies.missing_packages().any:
+        return [_("Echo {n}").format(n=i + 1) for i in range(n)] if n > 1 else []
+    from KneeSegmentationLib.logic import echo_labels
+
+    return echo_labels(volume)
+
+
+def askOverwrite(description: str):
+    """True: replace the segments; False: create a new segmentation; None: do nothing."""
+    box = qt.QMessageBox(slicer.util.mainWindow())
+    box.setWindowTitle(_("Output segmentation is not empty"))
+    box.setIcon(qt.QMessageBox.Warning)
+    box.setText(description)
+    box.setInformativeText(_("Replace its segments with the new result, or put the result in a new segmentation?"))
+    replace = box.addButton(_("Replace segments"), qt.QMessageBox.DestructiveRole)
+    new = box.addButton(_("Create new segmentation"), qt.QMessageBox.AcceptRole)
+    box.addButton(qt.QMessageBox.Cancel)
+    box.setDefaultButton(new)
+    box.exec_()
+    clicked = box.clickedButton()
+    return True if clicked == replace else (False if clicked == new else None)
+
+
+def showUnexpected(error: BaseException) -> None:
+    details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    logging.error(details)
+    slicer.util.errorDisplay(_("Unexpected error: {error}").format(error=error),
+                             windowTitle=_("Knee segmentation"), detailedText=details)
+
+
+def installDependencies(missing) -> None:
+    """torch through the PyTorch extension when it is installed (it picks the CUDA/CPU build), else pip;
+    other packages with pip. Every pip call pins Slicer's numpy, vtk and SimpleITK (constraints file)."""
+    with tempfile.TemporaryDirectory() as folder:
+        constraints = os.path.join(folder, "slicer-constraints.txt")
+        with open(constraints, "w") as f:
+            f.write(dependencies.protected_constraints())
+        if missing.torch:
+            try:
+                import PyTorchUtils
+            except ImportError:
+                PyTorchUtils = None
+            if PyTorchUtils is not None:
+                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                    askConfirmation=False, torchVersionRequirement=dependencies.TORCH_REQUIREMENT.replace("torch", ""))
+                if torch is None:
+                    raise KneeSegError("PyTorch could not be installed through the PyTorch extension")
+            else:
+                slicer.util.pip_install(dependencies.pip_arguments([dependencies.TORCH_REQUIREMENT], constraints))
+        if missing.pip:
+            slicer.util.pip_install(dependencies.pip_arguments(list(missing.pip), constraints))
+
+
+#
+# KneeSegmentationLogic
+#
+
+
+class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
+    """Slicer-side logic: turns the parameter node into library settings and delegates to
+    ``KneeSegmentationLib.logic.SegmentationLogic`` (composition, not inheritance). Usable from the Python
+    console: ``KneeSegmentationLogic().run(volumeNode)``."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._segmentation = None
+
+    def getParameterNode(self):
+        return KneeSegmentationParameterNode(super().getParameterNode())
+
+    @property
+    def segmentation(self):
+        """The Qt-free scene logic (imports torch: call after the dependency check)."""
+        if self._segmentation is None or self._segmentation.scene is not slicer.mrmlScene:
+            from KneeSegmentationLib.logic import SegmentationLogic
+
+            self._segmentation = SegmentationLogic(slicer.mrmlScene)
+        return self._segmentation
+
+    def settings(self, parameters):
+        from KneeSegmentationLib.logic import roi_box_from_node
+        from KneeSegmentationLib.pipeline import SegmentationSettings
+
+        return SegmentationSettings(
+            model=parameters.modelPath or None,
+            device=self.torchDevice(parameters.device),
+            n4=parameters.n4,
+            roi=roi_box_from_node(parameters.roi) if parameters.roi else None,
+            uncertainty=parameters.uncertainty,
+        )
+
+    def torchDevice(self, device: Device) -> str:
+        if device is Device.GPU:
+            found = self.segmentation.devices_found()
+            return "mps" if "mps" in found and "cuda" not in found else "cuda"  # else falls back with a warning
+        return device.value
+
+    def echoOf(self, parameters):
+        volume = parameters.inputVolume
+        multi = volume is not None and volume.GetImageData() is not None \
+            and volume.GetImageData().GetNumberOfScalarComponents() > 1
+        return parameters.echo if multi else None
+
+    def start(self, parameters, output=None, overwrite=False):
+        """Starts a background run; poll the returned ``BackgroundRun`` and ``apply`` its result."""
+        return self.segmentation.start(parameters.inputVolume, self.settings(parameters), self.echoOf(parameters),
+                                       output, overwrite)
+
+    def run(self, volumeNode, settings=None, outputNode=None, overwrite=False, echo=None):
+        """Synchronous (blocks Slicer): returns the segmentation node."""
+        return self.segmentation.run(volumeNode, settings, output_node=outputNode, overwrite=overwrite, echo=echo)
+
+
+#
+# KneeSegmentationTest
+#
+
+
+class KneeSegmentationTest(ScriptedLoadableModuleTest):
+    """Runs the shared self-test bodies (KneeSegmentationLib.selftests) on slicer.mrmlScene with the real
+    sample and the bundled model; pytest runs the same bodies headless (Testing/Python/test_selftests.py)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SampleData()
+        self.setUp()
+        self.test_SelfTest()
+
+    def test_SampleData(self):
+        """The registered sample loads from the extension folder, checksum-verified, like a direct read."""
+        import numpy as np
+        import SampleData
+
+        registerSampleData()
+        node = SampleData.downloadSample(resources.SAMPLE_NAME)
+        self.assertIsNotNone(node)
+        self.assertEqual(node.GetImageData().GetDimensions(), (256, 256, 24))
+        reference = slicer.util.loadVolume(str(resources.knee_sample().path))
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(node), slicer.util.arrayFromVolume(reference)))
+        self.delayDisplay("Sample data OK")
+
+    def test_SelfTest(self):
+        missing = dependencies.missing_packages()
+        self.assertFalse(missing.any, f"install the dependencies first (open the module, click Apply): "
+                                      f"{missing.describe()}")
+        from KneeSegmentationLib import selftests
+        from KneeSegmentationLib.logic import SegmentationLogic
+        from KneeSegmentationLib.pipeline import SegmentationSettings
+
+        scene = slicer.mrmlScene
+        volume = selftests.load_sample(scene, resources.knee_sample().path)
+        logic = SegmentationLogic(scene)
+        self.delayDisplay("Segmenting the sample (may take a minute on a CPU)")
+        report = selftests.run_all(scene, logic, volume, SegmentationSettings(device="auto", n4=True),
+                                   selftests.REAL_SAMPLE, slicer.app.temporaryPath)
+        self.delayDisplay(f"Self-test passed: {report}")
