@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -57,7 +57,9 @@ HOLDOUT_EVERY = 4  # every 4th case (by name) is held out for the comparison; at
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long
 LOG_TAIL_CHARS = 2000
 WRITTEN_LINE = re.compile(r"fine-tuned model written to (.+)$", re.M)
-REPO_ROOT = Path(__file__).resolve().parents[2]  # holds trainer/ and KneeSegmentation/
+LIB_PARENT = Path(__file__).resolve().parents[1]  # the folder holding KneeSegmentationLib/
+# Where ``trainer/`` may be: the repository root of a checkout, or beside the library in an installed extension.
+TRAINER_PARENTS = (LIB_PARENT.parent, LIB_PARENT)
 PHASES = ("starting", "training", "evaluating", "done", "failed", "stopped")
 
 
@@ -82,7 +84,7 @@ class RetrainSettings:
     device: str = "auto"  # for the comparison
     n4: bool = True  # the comparison segments like the module does by default
     trainer_args: tuple[str, ...] = ()  # extra ``trainer finetune`` options, e.g. ("--crop", "48,48,48")
-    python: str = sys.executable
+    python: str = field(default_factory=lambda: default_python())
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,26 @@ class RetrainStatus:
 
 
 # ------------------------------------------------------------------------------------------ processes
+def default_python() -> str:
+    """The interpreter for the children: ``PythonSlicer`` inside Slicer (whose ``sys.executable`` may be the
+    application itself), else this interpreter."""
+    if "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app"):
+        found = shutil.which("PythonSlicer", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                                   os.environ.get("PATH", "")]))
+        if found:
+            return found
+    return sys.executable
+
+
+def trainer_parent() -> Path | None:
+    """The folder from which ``python -m trainer`` works, or None if the trainer is not installed."""
+    return next((p for p in TRAINER_PARENTS if (p / "trainer" / "__main__.py").is_file()), None)
+
+
 def _child_env() -> dict:
     """The child finds the library and the trainer whether or not they are installed (as in Slicer)."""
     env = dict(os.environ)
-    paths = [str(REPO_ROOT), str(REPO_ROOT / "KneeSegmentation")]
+    paths = [str(p) for p in dict.fromkeys([trainer_parent() or LIB_PARENT, LIB_PARENT])]
     env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
@@ -346,8 +364,9 @@ class RetrainJob:
         if not (self.synthetic / "manifest.json").is_file():
             raise DatasetError(f"the synthesis dataset {self.synthetic} is missing; make it once with "
                                f"`python -m trainer prepare --out {self.synthetic}` (or set ${SYNTH_DATASET_ENV})")
-        if not (REPO_ROOT / "trainer" / "__main__.py").is_file():
-            raise KneeSegError(f"the trainer is not installed beside the library ({REPO_ROOT / 'trainer'})")
+        if trainer_parent() is None:
+            raise KneeSegError("the trainer (trainer/) is not installed beside the library "
+                               f"(looked in {', '.join(map(str, TRAINER_PARENTS))}); retraining needs it")
         self.train_cases, self.eval_cases, self.held_out = split_cases(cases, s.holdout)
         try:
             self._default_before = default_model(self._roots()).path

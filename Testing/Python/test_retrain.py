@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,14 @@ def test_selection_file_and_next_version(tmp_path):
     os.replace(v1, tmp_path / "moved")  # a stale selection falls back to the newest
     assert default_model([bundled, user]).path == v2
     assert not list(user.glob(".selection-*"))  # written through a temporary file, renamed
+
+
+def test_missing_inputs_are_refused_before_anything_starts(setup, tmp_path):
+    from KneeSegmentationLib.errors import DatasetError
+
+    user = tmp_path / "user"
+    with pytest.raises(DatasetError, match="no saved training cases"):
+        RetrainJob(replace(settings(setup, user, 1), cases=tmp_path / "none")).start()
+    with pytest.raises(DatasetError, match="synthesis dataset .* is missing.*trainer prepare"):
+        RetrainJob(replace(settings(setup, user, 1), synthetic=tmp_path / "none")).start()
+    assert not user.exists()
