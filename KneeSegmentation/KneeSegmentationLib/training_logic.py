@@ -2,7 +2,7 @@
 
     training = TrainingLogic(slicer.mrmlScene, dataset_dir=default_dataset_dir(settings_folder))
     training.remember_model_output(segmentation_node, result.labelmap, result.model.tag)  # after each Apply
-    case = training.save_case(volume_node, segmentation_node)    # "Save as training case", after editing
+    case = training.save_case(volume_node, segmentation_node, echo)  # "Save as training case", after editing
     job = training.start_retrain(steps=200)                       # "Retrain"; poll job from a QTimer
     job.stop()                                                    # "Stop"
     training.versions(); training.select_version(path)            # picker with metrics; rollback
@@ -106,21 +106,20 @@ class TrainingLogic:
     # -- cases
     remember_model_output = staticmethod(remember_model_output)
 
-    def save_case(self, volume_node, segmentation_node, image: sitk.Image | None = None,
-                  source: str | None = None) -> Path:
-        """Exports the (edited) segmentation onto the volume's grid and saves it with the image as a new case.
-
-        ``image``: the image that was segmented if it is not the volume node's own (one echo of a multi-echo
-        node); it must be on the volume's grid."""
+    def save_case(self, volume_node, segmentation_node, echo: int | None = None, source: str | None = None) -> Path:
+        """Exports the (edited) segmentation onto the volume's grid and saves it with the image (the chosen
+        ``echo`` of a multi-echo volume) as a new case; returns the case folder."""
         if volume_node is None or segmentation_node is None:
             raise InputError("choose the input volume and the corrected segmentation first")
+        from .logic import image_for_echo  # noqa: PLC0415 - the module's scene logic (slicer.util)
         from .segments import segmentation_to_labelmap  # noqa: PLC0415 - needs slicer's segmentation classes
 
-        image = image if image is not None else image_from_volume_node(volume_node)
+        image = image_for_echo(volume_node, echo)
         corrected = segmentation_to_labelmap(segmentation_node, volume_node)
         original, tag = model_output_of(segmentation_node)
-        return save_training_case(image, corrected, self.dataset_dir, original=original,
-                                  source=source or _source_of(volume_node),
+        if source is None:
+            source = _source_of(volume_node) + (f" (echo {echo + 1})" if echo is not None and echo > 0 else "")
+        return save_training_case(image, corrected, self.dataset_dir, original=original, source=source,
                                   model_tag=tag or _segment_model_tag(segmentation_node))
 
     def cases(self) -> list[CaseInfo]:
