@@ -101,7 +101,7 @@ def _run_with_progress(run, image, settings, quiet: bool):
     from tqdm import tqdm
 
     cancel = CancelToken()
-    with tqdm(total=100, disable=quiet, bar_format="{l_bar}{bar}| {elapsed}", file=sys.stderr) as bar:
+    with tqdm(total=100, disable=quiet, bar_format="{l_bar}{bar}| {elapsed}", file=sys.stderr, leave=False) as bar:
         def progress(fraction: float, stage: str) -> None:
             bar.set_description(stage)
             bar.n = round(100 * fraction)

@@ -132,7 +132,7 @@ def run_segmentation(
         center = np.asarray(settings.roi.center_lps, float)
     else:
         overview = grid_covering(image, spacing[0], patch)
-        if np.allclose(overview.GetSpacing(), spacing):
+        if np.allclose(overview.GetSpacing(), spacing) and list(overview.GetSize()) == list(patch):
             grid, center = overview, image_center(image)  # the whole image fits one window
         else:
             coarse = _timed(timings, "overview pass", segment_on, overview, report)

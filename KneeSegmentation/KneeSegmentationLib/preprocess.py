@@ -20,6 +20,9 @@ IDENTITY_3D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # After normalization the image lies mostly in [0, 1]; outliers are clipped to this range so that a few
 # hot voxels (flow artefacts, fat at the coil) cannot dominate.
 NORMALIZED_RANGE = (-0.25, 1.5)
+# The overview pass that locates the knee in a large field of view runs at most this much coarser than the
+# model's spacing; beyond that it tiles windows instead of shrinking the anatomy further.
+OVERVIEW_MAX_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -61,13 +64,19 @@ def model_grid_around(center_lps: Sequence[float], spacing: Sequence[float], siz
     return ref
 
 
-def grid_covering(image: sitk.Image, min_spacing: float, max_size: Sequence[int]) -> sitk.Image:
-    """The coarsest useful grid showing the whole image within ``max_size`` voxels: spacing is
-    ``min_spacing`` if the image fits, else the smallest isotropic spacing that makes it fit."""
+def grid_covering(image: sitk.Image, min_spacing: float, max_size: Sequence[int],
+                  max_factor: float = OVERVIEW_MAX_FACTOR) -> sitk.Image:
+    """A grid showing the whole image: ``max_size`` voxels at ``min_spacing`` if the image fits, else coarser,
+    but never coarser than ``max_factor`` x ``min_spacing`` (a network sees anatomy at the scale it learnt
+    within about that factor); a still larger image gets a grid of more voxels, tiled by sliding windows."""
     lo, hi = physical_bounds(image)
     extent = hi - lo + np.array(image.GetSpacing()).max()
-    spacing = max(min_spacing, float(np.max(extent / (np.asarray(max_size) - 1))))
-    return model_grid_around((lo + hi) / 2, (spacing,) * 3, max_size)
+    needed = float(np.max(extent / (np.asarray(max_size) - 1)))
+    if needed <= min_spacing:
+        return model_grid_around((lo + hi) / 2, (min_spacing,) * 3, max_size)
+    spacing = min(needed, min_spacing * max_factor)
+    size = np.maximum(np.ceil(extent / spacing).astype(int) + 1, np.asarray(max_size))
+    return model_grid_around((lo + hi) / 2, (spacing,) * 3, size)
 
 
 def resample_to_grid(

@@ -9,14 +9,17 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # phantom.py, tinymodel.py
 
-from tinymodel import train_tiny_model  # noqa: E402
+from tinymodel import TEST_MODELS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_model_root(tmp_path_factory) -> Path:
-    """A models root holding one tiny model trained on the phantom (trained once per session, ~10 s)."""
+    """A copy of the test models root (tiny-phantom/v1, trained on the phantom by tinymodel.py), so tests
+    may add versions without touching the repository."""
+    import shutil
+
     root = tmp_path_factory.mktemp("models")
-    train_tiny_model(root)
+    shutil.copytree(TEST_MODELS, root, dirs_exist_ok=True)
     return root
 
 
