@@ -155,3 +155,18 @@ class TrainingLogic:
     def select_version(self, model_dir: Path | str) -> None:
         """Makes ``model_dir`` the default from now on (also a rollback to an older version)."""
         select_default_model(model_dir, self.models_root)
+
+
+# ------------------------------------------------------------------------------------------ live curve
+def curve_points(status, width: int, height: int, margin: int = 4) -> dict[str, list[tuple[float, float]]]:
+    """Pixel polylines of the loss (scaled to its own maximum) and of the validation Dice (0–1) against
+    the step, for a ``width`` x ``height`` widget (y grows downwards); the panel draws them with QPainter."""
+    total = max(status.total_steps, max([s for s, _ in status.loss] + [s for s, _ in status.validation] + [1]))
+    w, h = max(width - 2 * margin, 1), max(height - 2 * margin, 1)
+
+    def xy(step: float, value: float) -> tuple[float, float]:
+        return margin + w * step / total, margin + h * (1.0 - min(max(value, 0.0), 1.0))
+
+    top = max([v for _, v in status.loss] + [1e-9])
+    return {"loss": [xy(s, v / top) for s, v in status.loss],
+            "dice": [xy(s, v["score"]) for s, v in status.validation]}

@@ -61,3 +61,13 @@ def test_versions_select_and_rollback(scene, tmp_path):
     assert logic.retrain_settings(steps=5).model == v1 and logic.retrain_settings().root == user
     logic.select_version(v2)
     assert logic.default_version() == v2
+
+
+def test_curve_points_fit_the_widget():
+    from KneeSegmentationLib.retrain import RetrainStatus
+    from KneeSegmentationLib.training_logic import curve_points
+
+    status = RetrainStatus("training", 20, 40, [(10, 2.0), (20, 1.0)], [(20, {"score": 0.5})], "", 1.0)
+    pts = curve_points(status, 104, 54, margin=2)
+    assert pts["loss"] == [(27.0, 2.0), (52.0, 27.0)]  # the largest loss at the top, half of it mid-height
+    assert pts["dice"] == [(52.0, 27.0)]
