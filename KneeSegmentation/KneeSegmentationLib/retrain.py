@@ -48,7 +48,7 @@ from typing import Sequence
 from .cases import IMAGE_FILE, LABEL_FILE, list_cases, default_dataset_dir
 from .constants import BONES
 from .errors import DatasetError, KneeSegError, ModelError
-from .modelfile import (bundled_models_root, default_model, read_card, select_default_model, selected_model_path,
+from .modelfile import (VERSION_DIR, bundled_models_root, default_model, read_card, select_default_model, selected_model_path,
                         user_models_root)
 
 SYNTH_DATASET_ENV = "KNEESEG_SYNTH_DATASET"
@@ -443,7 +443,11 @@ class RetrainJob:
             self._fail(f"the comparison failed (exit status {code}); the new version {self.new_model} is kept but "
                        f"not made default:\n{_tail(self._work / 'compare.log')}")
             return
-        self._register(json.loads((self._work / "compare.json").read_text(encoding="utf-8")))
+        try:
+            self._register(json.loads((self._work / "compare.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, KneeSegError) as e:
+            self._fail(f"could not record the comparison ({e}); the new version {self.new_model} is kept but not "
+                       "made default")
 
     def _keep_current_default(self) -> None:
         """The new version must not become the default just by being the newest: unless a selection exists,
@@ -489,7 +493,14 @@ class RetrainJob:
             if self._proc is not None:
                 kill_tree(self._proc)
             self._refresh_progress()
-            self._phase, self._message, self._t_end = "stopped", "Stopped; nothing partial was kept", time.perf_counter()
+            message = "Stopped; no new version was written"
+            finished = self._new_version_dirs()
+            if self._phase == "training" and finished:  # killed between save_model's rename and its exit
+                message = f"Stopped after the new version {finished[0]} was complete; it is kept but not made default"
+            if self._phase == "evaluating":
+                message = (f"Stopped during the comparison: the new version {self.new_model} is complete and kept, "
+                           "but not evaluated and not made default")
+            self._phase, self._message, self._t_end = "stopped", message, time.perf_counter()
             self._remove_partial_outputs()
             self._cleanup_work()
             return self._status_unlocked()
@@ -499,6 +510,12 @@ class RetrainJob:
         end = self._t_end or time.perf_counter()
         return RetrainStatus(self._phase, step, total or self.settings.steps, loss, val, self._message,
                              end - (self._t0 or end), self._result, self._error)
+
+    def _new_version_dirs(self) -> list[Path]:
+        if not hasattr(self, "family_dir") or not self.family_dir.is_dir():
+            return []
+        new = set(os.listdir(self.family_dir)) - (self._before or set())
+        return sorted(self.family_dir / n for n in new if VERSION_DIR.match(n))
 
     def _remove_partial_outputs(self) -> None:
         """Hidden temporary folders ``save_model`` started in the family folder, and folders we created."""
