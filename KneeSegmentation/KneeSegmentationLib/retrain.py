@@ -9,7 +9,7 @@ Why a process, not a thread: training holds the CPU (or GPU) for minutes to hour
 cooperatively inside torch's ops; a process in its own session can be killed as a whole (``os.killpg``) the
 moment the user presses Stop, and Slicer's GUI thread only reads two small CSV files per poll.
 
-Phases, each a child process started with ``sys.executable``:
+Phases, each a child process of the same Python (``PythonSlicer`` inside Slicer) in its own session:
 1. **training**: ``python -m trainer finetune`` on the cases minus a held-out share, mixed with synthetic
    images; progress is read from the run folder the trainer already writes (``train.csv``: step, loss;
    ``val.csv``: step, Dice per bone; ``config.json``: total steps), so no extra protocol is needed. The new
