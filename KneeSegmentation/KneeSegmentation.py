@@ -12,9 +12,9 @@ import enum
 import logging
 import os
 import tempfile
+import time
 import traceback
 
-import ctk  # noqa: F401 - loads the CTK widget classes that the .ui uses
 import qt
 import vtk
 
@@ -32,9 +32,14 @@ from slicer.util import VTKObservationMixin
 
 # torch-free parts of the library only; the rest is imported after ensureDependencies().
 from KneeSegmentationLib import dependencies, resources
-from KneeSegmentationLib.errors import Cancelled, KneeSegError
+from KneeSegmentationLib.errors import KneeSegError
 
-POLL_INTERVAL_MS = 200
+# Slicer's main thread holds Python's GIL while Qt's event loop runs, so a Python worker thread only runs
+# when the main thread lets go of it. The poll timer therefore also yields the GIL for most of each tick
+# (the pattern of SimpleITK's SlicerSimpleFilters): the worker's torch and SimpleITK calls release the GIL
+# while they compute and so overlap with the event loop; only their Python glue needs these windows.
+POLL_INTERVAL_MS = 50
+GIL_YIELD_S = 0.03
 DEFAULT_MODEL_TEXT = "Default model"
 
 #
@@ -362,13 +367,14 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is None:
             self._timer.stop()
             return
+        time.sleep(GIL_YIELD_S)  # lets the worker thread run (see GIL_YIELD_S)
         status = self._run.poll()
         self.ui.progressBar.setValue(int(round(100 * status.fraction)))
         self.ui.statusLabel.text = status.stage
         if not status.finished:
             return
         self._timer.stop()
-        run, (volume, output, overwrite) = self._run, self._runTarget
+        volume, output, overwrite = self._runTarget
         self._run, self._runTarget = None, None
         try:
             if status.cancelled:
@@ -385,21 +391,28 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._updateButtons()
 
-    def _showResult(self, status, volume, output, overwrite) -> None:
+    def _applyResult(self, status, volume, output, overwrite):
+        """Adds the result to the scene; None if the user declined or it failed (and was told why)."""
         from KneeSegmentationLib.logic import OutputNotEmpty
 
         try:
-            with slicer.util.WaitCursor():
-                segmentation = self.logic.segmentation.apply(status.result, volume, output, overwrite,
-                                                             add_uncertainty=self._parameterNode.uncertainty)
-        except OutputNotEmpty as error:  # segments were added to the output while the run worked
-            if not askOverwrite(str(error)):
-                self.ui.statusLabel.text = _("Result discarded; the output was left as it was.")
-                return
-            segmentation = self.logic.segmentation.apply(status.result, volume, None, False,
-                                                         add_uncertainty=self._parameterNode.uncertainty)
+            try:
+                with slicer.util.WaitCursor():
+                    return self.logic.segmentation.apply(status.result, volume, output, overwrite)
+            except OutputNotEmpty as error:  # segments were added to the output while the run worked
+                choice = askOverwrite(str(error))
+                if choice is None:
+                    self.ui.statusLabel.text = _("Result discarded; the output was left as it was.")
+                    return None
+                return self.logic.segmentation.apply(status.result, volume, output if choice else None, choice)
         except KneeSegError as error:
+            self.ui.statusLabel.text = _("Failed.")
             slicer.util.errorDisplay(str(error), windowTitle=_("Knee segmentation"))
+            return None
+
+    def _showResult(self, status, volume, output, overwrite) -> None:
+        segmentation = self._applyResult(status, volume, output, overwrite)
+        if segmentation is None:
             return
         self._parameterNode.outputSegmentation = segmentation
         segmentation.CreateClosedSurfaceRepresentation()

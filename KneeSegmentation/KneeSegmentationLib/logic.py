@@ -8,7 +8,10 @@ echo and ROI from nodes, the output-node policy, and a background run.
 
 Background run: a **thread**, not a process. ``run_segmentation`` spends its time in torch convolutions and
 SimpleITK filters, which release the GIL, so Slicer's GUI thread keeps running (measured in
-``Testing/Python/test_logic.py``: the main thread's tick gap while a run works). A thread shares the image
+``Testing/Python/test_logic.py``: the main thread's tick gap while a run works). Inside Slicer the main
+thread holds the GIL while Qt's event loop runs, so the module's poll timer also yields it for part of each
+tick (``time.sleep``), as SimpleITK's SlicerSimpleFilters does; the heavy C++ work then overlaps with the event
+loop and only the worker's Python glue waits for those windows. A thread shares the image
 and the cached model without copies or temporary files, and needs no second Python environment (a process
 would need ``PythonSlicer`` with torch and the library on its path, the image written to disk and read back,
 and the model re-loaded for every run). The price is that a thread cannot be killed: Cancel is cooperative.

@@ -207,7 +207,6 @@ def test_dependency_check_sees_what_is_missing(monkeypatch):
     assert missing.torch and missing.pip == () and missing.describe() == "PyTorch"
     constraints = dependencies.protected_constraints()
     import numpy
-    import SimpleITK
 
     assert f"numpy=={numpy.__version__}" in constraints and "SimpleITK==" in constraints
     assert dependencies.pip_arguments(["safetensors>=0.4"], "/tmp/c.txt") == \
