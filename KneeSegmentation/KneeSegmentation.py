@@ -12,7 +12,6 @@ import enum
 import logging
 import os
 import tempfile
-import time
 import traceback
 
 import qt
@@ -35,11 +34,12 @@ from KneeSegmentationLib import dependencies, resources
 from KneeSegmentationLib.errors import KneeSegError
 
 # Slicer's main thread holds Python's GIL while Qt's event loop runs, so a Python worker thread only runs
-# when the main thread lets go of it. The poll timer therefore also yields the GIL for most of each tick
-# (the pattern of SimpleITK's SlicerSimpleFilters): the worker's torch and SimpleITK calls release the GIL
-# while they compute and so overlap with the event loop; only their Python glue needs these windows.
+# when the main thread lets go of it. The poll timer therefore also yields the GIL for part of each tick (the
+# pattern of SimpleITK's SlicerSimpleFilters; here an Event.wait that ends early when the run does). The
+# worker's torch and SimpleITK calls release the GIL while they compute, so they overlap with the event loop;
+# only the worker's Python glue needs these windows.
 POLL_INTERVAL_MS = 50
-GIL_YIELD_S = 0.03
+GIL_YIELD_S = 0.015  # see test_logic.py::test_background_run_progresses_when_the_main_thread_holds_the_gil
 DEFAULT_MODEL_TEXT = "Default model"
 
 #
@@ -367,8 +367,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is None:
             self._timer.stop()
             return
-        time.sleep(GIL_YIELD_S)  # lets the worker thread run (see GIL_YIELD_S)
-        status = self._run.poll()
+        status = self._run.poll(wait_s=GIL_YIELD_S)  # lets the worker thread run (see GIL_YIELD_S)
         self.ui.progressBar.setValue(int(round(100 * status.fraction)))
         self.ui.statusLabel.text = status.stage
         if not status.finished:

@@ -10,8 +10,9 @@ Background run: a **thread**, not a process. ``run_segmentation`` spends its tim
 SimpleITK filters, which release the GIL, so Slicer's GUI thread keeps running (measured in
 ``Testing/Python/test_logic.py``: the main thread's tick gap while a run works). Inside Slicer the main
 thread holds the GIL while Qt's event loop runs, so the module's poll timer also yields it for part of each
-tick (``time.sleep``), as SimpleITK's SlicerSimpleFilters does; the heavy C++ work then overlaps with the event
-loop and only the worker's Python glue waits for those windows. A thread shares the image
+tick (``poll(wait_s=...)``), as SimpleITK's SlicerSimpleFilters does with a sleep; the heavy C++ work then
+overlaps with the event loop and only the worker's Python glue waits for those windows (measured by emulating
+such a main thread in ``test_logic.py``). A thread shares the image
 and the cached model without copies or temporary files, and needs no second Python environment (a process
 would need ``PythonSlicer`` with torch and the library on its path, the image written to disk and read back,
 and the model re-loaded for every run). The price is that a thread cannot be killed: Cancel is cooperative.
@@ -209,7 +210,11 @@ class BackgroundRun:
             if not self._done.is_set():
                 self._stage = "Cancelling…"
 
-    def poll(self) -> RunStatus:
+    def poll(self, wait_s: float = 0.0) -> RunStatus:
+        """The run's state. ``wait_s`` > 0 first waits that long (less if the run ends) with the GIL released:
+        inside Slicer, whose main thread holds the GIL in Qt's event loop, that is when the worker runs."""
+        if wait_s > 0:
+            self._done.wait(wait_s)
         with self._lock:
             end = self._ended_at or time.perf_counter()
             return RunStatus(self._fraction, self._stage, self._done.is_set(), self._error, self._result,

@@ -2,6 +2,8 @@
 phantom model: volume node in, segmentation node out; output policy; background run, poll, cancel; errors."""
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
 
 import numpy as np
@@ -246,3 +248,39 @@ def test_model_choices_show_versions_and_metrics(logic, tiny_model):
     assert format_metrics({}) == "no validation metrics"
     assert "CPU" in SegmentationLogic.describe_devices()
     assert logic.loaded_model(tiny_model) is logic.loaded_model(str(tiny_model))  # loaded once
+
+
+GIL_HOLDING_TICK_S = 0.05  # the module's POLL_INTERVAL_MS
+GIL_YIELD_S = 0.015  # the module's GIL_YIELD_S
+GIL_SLOWDOWN_LIMIT = 4.0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="emulation uses libc usleep through ctypes")
+def test_background_run_progresses_when_the_main_thread_holds_the_gil(scene, logic, knee, tiny_model):
+    """Slicer's main thread holds the GIL in Qt's event loop. Emulated here: a C sleep called through
+    ``ctypes.PyDLL`` keeps the GIL, and only ``poll(wait_s=...)`` releases it, as the module's timer does.
+    The run must still finish, at most a few times slower than with a free main thread."""
+    volume, _ = knee
+    libc = ctypes.PyDLL(None)  # PyDLL: the GIL stays held during the call
+    settings = _settings(tiny_model, n4=True, tta=True)
+    logic.loaded_model(tiny_model)
+
+    def timed(hold_gil: bool, limit_s: float = 120.0) -> float:
+        run = logic.start(volume, settings)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < limit_s:
+            if hold_gil:
+                libc.usleep(int((GIL_HOLDING_TICK_S - GIL_YIELD_S) * 1e6))  # the "event loop"
+                status = run.poll(wait_s=GIL_YIELD_S)
+            else:
+                status = run.poll(wait_s=GIL_HOLDING_TICK_S)
+            if status.finished:
+                assert status.error is None, status.error
+                return time.perf_counter() - t0
+        run.cancel()
+        run.wait(30)
+        raise AssertionError(f"the run did not finish in {limit_s} s")
+
+    free = timed(False)
+    held = timed(True, limit_s=GIL_SLOWDOWN_LIMIT * free + 1.0)
+    print(f"background run: {free:.1f} s with a free main thread, {held:.1f} s with a GIL-holding one")
