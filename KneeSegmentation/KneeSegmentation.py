@@ -591,8 +591,8 @@ class KneeSegmentationTest(ScriptedLoadableModuleTest):
 
     def test_SelfTest(self):
         missing = dependencies.missing_packages()
-        self.assertFalse(missing.any, f"install the dependencies first (open the module, click Apply): "
-                                      f"{missing.describe()}")
+        if missing.any:  # e.g. on a build machine; the module offers the install on first use
+            self.skipTest(f"not installed: {missing.describe()} (open the module and click Apply to install)")
         from KneeSegmentationLib import selftests
         from KneeSegmentationLib.logic import SegmentationLogic
         from KneeSegmentationLib.pipeline import SegmentationSettings
