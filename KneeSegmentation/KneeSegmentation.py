@@ -571,10 +571,15 @@ class KneeSegmentationTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        import unittest
+
         self.setUp()
         self.test_SampleData()
         self.setUp()
-        self.test_SelfTest()
+        try:
+            self.test_SelfTest()
+        except unittest.SkipTest as reason:  # runTest calls the tests directly, without unittest's runner
+            self.delayDisplay(f"Self-test skipped: {reason}")
 
     def test_SampleData(self):
         """The registered sample loads from the extension folder, checksum-verified, like a direct read."""
