@@ -34,8 +34,9 @@ class Plausible:
 
 
 # The real MESE sample: 160 x 160 x 96 mm sagittal field of view around the joint; it holds the distal femur,
-# the proximal tibia and the fibular head. Wide bounds: they catch an empty, exploded or swapped result.
-REAL_SAMPLE = Plausible({"Femur": (20.0, 450.0), "Tibia": (15.0, 350.0), "Fibula": (0.3, 40.0)})
+# the proximal tibia and the fibular head. Wide bounds (femur and tibia as in test_model_v1.py): they catch an
+# empty, exploded or swapped result. The fibular head is small but visible in this field of view.
+REAL_SAMPLE = Plausible({"Femur": (30.0, 700.0), "Tibia": (20.0, 500.0), "Fibula": (0.3, 40.0)})
 
 
 @dataclass
