@@ -387,6 +387,8 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 showUnexpected(status.error)
             else:
                 self._showResult(status, volume, output, overwrite)
+        except Exception as error:  # never let an error escape into Qt's timer: say what happened
+            showUnexpected(error)
         finally:
             self._updateButtons()
 
