@@ -57,7 +57,7 @@ class KneeSegmentation(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Segments the <b>Femur</b>, <b>Tibia</b> and <b>Fibula</b> of a knee MRI (any orientation, any contrast the
 model was trained for) into an editable segmentation. Select the input volume (and the echo of a multi-echo
-series), optionally an ROI box around the knee, and click <b>Apply</b>. The work runs in the background;
+series loaded as a MultiVolume or a Sequence), optionally an ROI box around the knee, and click <b>Apply</b>. The work runs in the background;
 <b>Cancel</b> stops it and leaves the scene unchanged. Open the result in the Segment Editor to correct it.
 A segmentation that already holds segments is never overwritten without asking.
 Not a medical device; results must be reviewed.
@@ -113,7 +113,7 @@ class Device(enum.Enum):
 class KneeSegmentationParameterNode:
     """The panel's state, saved with the scene.
 
-    inputVolume - the knee MRI; echo - which echo of a multi-echo (multi-component) volume;
+    inputVolume - the knee MRI; echo - which echo of a multi-echo series (MultiVolume or Sequence proxy);
     roi - optional box around the knee (none: found automatically); modelPath - a model version folder
     ("" = the default model); device, n4, uncertainty - run options; outputSegmentation - none: a new node.
     """
@@ -444,10 +444,11 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 def echo_labels_of(volume) -> list[str]:
+    """Echo names of a multi-echo volume (MultiVolume or Sequence proxy); empty for an ordinary volume."""
     if volume is None or volume.GetImageData() is None:
         return []
-    n = volume.GetImageData().GetNumberOfScalarComponents()
-    if n <= 1 or dependencies.missing_packages().any:
+    if dependencies.missing_packages().any:  # the library's logic needs torch; count components only
+        n = volume.GetImageData().GetNumberOfScalarComponents()
         return [_("Echo {n}").format(n=i + 1) for i in range(n)] if n > 1 else []
     from KneeSegmentationLib.logic import echo_labels
 
@@ -545,10 +546,9 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
         return device.value
 
     def echoOf(self, parameters):
-        volume = parameters.inputVolume
-        multi = volume is not None and volume.GetImageData() is not None \
-            and volume.GetImageData().GetNumberOfScalarComponents() > 1
-        return parameters.echo if multi else None
+        from KneeSegmentationLib.logic import echo_count
+
+        return parameters.echo if echo_count(parameters.inputVolume) > 1 else None
 
     def start(self, parameters, output=None, overwrite=False):
         """Starts a background run; poll the returned ``BackgroundRun`` and ``apply`` its result."""

@@ -67,33 +67,62 @@ class OutputNotEmpty(InputError):
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
+def echo_sequence(volume_node):
+    """The sequence behind ``volume_node`` when it is the proxy of a Sequence browser holding several volumes
+    (a multi-echo series loaded as a sequence), else None."""
+    scene = volume_node.GetScene() if volume_node is not None else None
+    if scene is None:
+        return None
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
+        sequence = scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode").GetSequenceNode(volume_node)
+        if sequence is not None and sequence.GetNumberOfDataNodes() > 1:
+            return sequence
+    return None
+
+
 def echo_count(volume_node) -> int:
-    """Number of echoes (scalar components) of a volume: 1 for an ordinary volume, N for a multi-echo
-    MultiVolume. (A multi-echo series loaded as a Sequence is a scalar proxy volume: the echo is the one
-    the Sequence browser shows.)"""
+    """Number of echoes: N for a multi-echo MultiVolume (N scalar components) or a Sequence of N volumes shown
+    through this proxy volume, 1 for an ordinary volume, 0 without an image."""
     image_data = volume_node.GetImageData() if volume_node is not None else None
-    return int(image_data.GetNumberOfScalarComponents()) if image_data is not None else 0
+    if image_data is None:
+        return 0
+    components = int(image_data.GetNumberOfScalarComponents())
+    if components > 1:
+        return components
+    sequence = echo_sequence(volume_node)
+    return sequence.GetNumberOfDataNodes() if sequence is not None else 1
+
+
+def _frame_values(volume_node, n: int) -> tuple[list[str], str, str]:
+    """(values, name, unit) of the echoes, from the sequence index or the MultiVolume attributes."""
+    sequence = echo_sequence(volume_node)
+    if sequence is not None:
+        return ([sequence.GetNthIndexValue(i) for i in range(n)], sequence.GetIndexName() or "",
+                sequence.GetIndexUnit() or "")
+    values = (volume_node.GetAttribute(FRAME_LABELS_ATTRIBUTE) or "").split(",")
+    return (values if len(values) == n else [""] * n, volume_node.GetAttribute(FRAME_TAG_ATTRIBUTE) or "",
+            volume_node.GetAttribute(FRAME_UNITS_ATTRIBUTE) or "")
 
 
 def echo_labels(volume_node) -> list[str]:
-    """Human-readable names of the echoes, e.g. ``["Echo 1 (EchoTime 6.3 ms)", ...]``."""
+    """Human-readable names of the echoes, e.g. ``["Echo 1 (EchoTime 6.3 ms)", ...]``; empty for one echo."""
     n = echo_count(volume_node)
-    values = (volume_node.GetAttribute(FRAME_LABELS_ATTRIBUTE) or "").split(",") if n > 1 else []
-    tag = volume_node.GetAttribute(FRAME_TAG_ATTRIBUTE) or "" if n > 1 else ""
-    units = volume_node.GetAttribute(FRAME_UNITS_ATTRIBUTE) or "" if n > 1 else ""
+    if n <= 1:
+        return []
+    values, name, unit = _frame_values(volume_node, n)
     labels = []
-    for i in range(n):
-        value = values[i].strip() if len(values) == n else ""
-        labels.append(f"Echo {i + 1} ({tag} {value} {units})".replace("  ", " ").replace("( ", "(") if value
-                      else f"Echo {i + 1}")
+    for i, value in enumerate(values):
+        detail = " ".join(part for part in (name, value.strip(), unit) if part)
+        labels.append(f"Echo {i + 1} ({detail})" if value.strip() else f"Echo {i + 1}")
     return labels
 
 
 def image_for_echo(volume_node, echo: int | None = None) -> sitk.Image:
     """The image of one echo of ``volume_node`` (LPS), read on the calling thread.
 
-    Single-component volumes ignore ``echo`` (None or 0). For a multi-component volume the component is
-    copied into a scalar volume node that is never added to the scene, and read like any volume."""
+    Single-echo volumes ignore ``echo`` (None or 0). For a multi-component volume the component is copied
+    into a scalar volume node that is never added to the scene; for a Sequence proxy, the sequence's volume
+    of that echo is read. Either way the scene is not modified."""
     n = echo_count(volume_node)
     if n <= 1 or volume_node.GetParentTransformNode() is not None:
         if echo not in (None, 0):
@@ -103,6 +132,9 @@ def image_for_echo(volume_node, echo: int | None = None) -> sitk.Image:
         raise InputError(f"volume '{volume_node.GetName()}' holds {n} echoes; choose one")
     if not 0 <= echo < n:
         raise InputError(f"volume '{volume_node.GetName()}' has echoes 1 to {n}; echo {echo + 1} does not exist")
+    sequence = echo_sequence(volume_node)
+    if sequence is not None:
+        return image_from_volume_node(sequence.GetNthDataNode(echo))
     component = np.ascontiguousarray(slicer_util.arrayFromVolume(volume_node)[..., echo])
     single = slicer.vtkMRMLScalarVolumeNode()  # outside any scene: the scene is not modified
     single.SetName(volume_node.GetName())

@@ -284,3 +284,32 @@ def test_background_run_progresses_when_the_main_thread_holds_the_gil(scene, log
     free = timed(False)
     held = timed(True, limit_s=GIL_SLOWDOWN_LIMIT * free + 1.0)
     print(f"background run: {free:.1f} s with a free main thread, {held:.1f} s with a GIL-holding one")
+
+
+def test_multi_echo_sequence_picks_one_echo_without_touching_the_scene(scene, knee):
+    """A multi-echo series loaded as a Sequence: the selected volume is the browser's proxy; every echo is
+    offered and the chosen one is read from the sequence."""
+    volume, _ = knee
+    sequences = slicer.vtkSlicerSequencesLogic()  # registers the sequence node classes, as Slicer does
+    sequences.SetMRMLScene(scene)
+    base = slicer.util.arrayFromVolume(volume).astype(np.float32)
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "mese")
+    sequence.SetIndexName("EchoTime")
+    sequence.SetIndexUnit("ms")
+    for factor, te in ((1, "6.3"), (2, "12.6"), (3, "18.9")):
+        echo = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"echo {te}")
+        echo.CopyOrientation(volume)
+        slicer.util.updateVolumeFromArray(echo, factor * base)
+        sequence.SetDataNodeAtValue(echo, te)
+        scene.RemoveNode(echo)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "browser")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    sequences.UpdateProxyNodesFromSequences(browser)
+    proxy = browser.GetProxyNode(sequence)
+    assert echo_count(proxy) == 3 and echo_labels(proxy)[2] == "Echo 3 (EchoTime 18.9 ms)"
+    assert echo_labels(volume) == []
+    ids = scene_node_ids(scene)
+    third = image_for_echo(proxy, 2)
+    assert scene_node_ids(scene) == ids
+    assert np.allclose(sitk.GetArrayFromImage(third), 3 * base)
+    assert third.GetOrigin() == pytest.approx(image_for_echo(volume).GetOrigin())
