@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 FIT_SPACING_MM = 2.5  # voxel size the field is fitted at (shrink factor per axis = this / spacing, ≥ 1)
 MAX_FIT_VOXELS = 200_000  # the shrink grows further if the shrunken image would still be larger
 MIN_MASK_VOXELS = 100  # on the shrunken grid; fewer and the automatic mask is ignored
+CLOSING_MM = 5.0  # closes the gaps between tissues in the Otsu foreground
 POLL_S = 0.05  # how often the caller checks the cancel token while the fit runs
 
 
@@ -43,6 +44,7 @@ class N4Settings:
     convergence_threshold: float = 0.001
     control_points: int = 4  # per axis, at the first level (ITK's default)
     spline_order: int = 3
+    average_shrink: bool = True  # BinShrink (block mean) rather than Shrink (subsampling)
 
 
 def n4_correct(
@@ -60,7 +62,7 @@ def n4_correct(
     if image.GetDimension() != 3:
         raise InputError(f"N4 needs a 3D image; got {image.GetDimension()}D.")
     factors = shrink_factors(image, settings)
-    small = sitk.BinShrink(image, factors)
+    small = sitk.BinShrink(image, factors) if settings.average_shrink else sitk.Shrink(image, factors)
     small_mask = _fit_mask(image, small, mask, factors)
     n4 = _configured_filter(settings)
     _fit(n4, small, small_mask, cancel, report)
@@ -98,9 +100,14 @@ def shrink_factors(image: sitk.Image, settings: N4Settings = N4Settings()) -> li
         target *= 1.25
 
 
-def foreground_mask(image: sitk.Image) -> sitk.Image:
-    """Otsu foreground (uint8 0/1): the tissue, without the air whose noise would dominate a fit."""
-    return sitk.OtsuThreshold(image, 0, 1, 128)
+def foreground_mask(image: sitk.Image, closing_mm: float = CLOSING_MM) -> sitk.Image:
+    """The limb (uint8 0/1): Otsu foreground, closed and hole-filled so that dark tissue inside the knee
+    (tendons, cortical bone, menisci) belongs to it while the air around it, whose noise would dominate the
+    fit, does not."""
+    otsu = sitk.OtsuThreshold(image, 0, 1, 128)
+    radius = [int(round(closing_mm / s)) for s in image.GetSpacing()]
+    closed = sitk.BinaryMorphologicalClosing(otsu, radius) if any(radius) else otsu
+    return sitk.BinaryFillhole(closed)
 
 
 def _fit_mask(image: sitk.Image, small: sitk.Image, mask: sitk.Image | None, factors: list[int]) -> sitk.Image:
