@@ -66,7 +66,8 @@ def load_sample(scene, path: Path | str, name: str = "KneeMESE"):
 
 
 def bone_volumes_ml(segmentation_node, volume_node) -> dict[str, float]:
-    labels = sitk.GetArrayViewFromImage(segmentation_to_labelmap(segmentation_node, volume_node))
+    # A copy, not GetArrayViewFromImage: a view of this temporary image would dangle once the image is freed.
+    labels = sitk.GetArrayFromImage(segmentation_to_labelmap(segmentation_node, volume_node))
     voxel_ml = float(np.prod(volume_node.GetSpacing())) / 1000.0
     return {bone.name: float((labels == bone.label).sum()) * voxel_ml for bone in BONES}
 
