@@ -27,8 +27,8 @@ from .progress import CancelToken
 
 log = logging.getLogger(__name__)
 
-FIT_SPACING_MM = 2.5  # voxel size the field is fitted at (shrink factor per axis = this / spacing, ≥ 1)
-MAX_FIT_VOXELS = 200_000  # the shrink grows further if the shrunken image would still be larger
+FIT_SPACING_MM = 5.0  # voxel size the field is fitted at (shrink factor per axis = this / spacing, ≥ 1)
+MAX_FIT_VOXELS = 25_000  # the shrink grows further if the shrunken image would still be larger
 MIN_MASK_VOXELS = 100  # on the shrunken grid; fewer and the automatic mask is ignored
 CLOSING_MM = 5.0  # closes the gaps between tissues in the Otsu foreground
 POLL_S = 0.05  # how often the caller checks the cancel token while the fit runs
@@ -44,7 +44,9 @@ class N4Settings:
     convergence_threshold: float = 0.001
     control_points: int = 4  # per axis, at the first level (ITK's default)
     spline_order: int = 3
-    average_shrink: bool = True  # BinShrink (block mean) rather than Shrink (subsampling)
+    # Subsampling (Shrink) rather than block means (BinShrink): it keeps the full-resolution noise and hence
+    # the intensity histogram N4 sharpens, and measured closer to full-resolution N4 (2.3 % vs 6.9 % at 8x8x1).
+    average_shrink: bool = False
 
 
 def n4_correct(
@@ -62,8 +64,8 @@ def n4_correct(
     if image.GetDimension() != 3:
         raise InputError(f"N4 needs a 3D image; got {image.GetDimension()}D.")
     factors = shrink_factors(image, settings)
-    small = sitk.BinShrink(image, factors) if settings.average_shrink else sitk.Shrink(image, factors)
-    small_mask = _fit_mask(image, small, mask, factors)
+    small = _shrink(image, factors, settings.average_shrink)
+    small_mask = _fit_mask(image, small, mask, factors, settings.average_shrink)
     n4 = _configured_filter(settings)
     _fit(n4, small, small_mask, cancel, report)
     corrected = sitk.Divide(image, full_resolution_field(n4, small, image))
@@ -110,13 +112,17 @@ def foreground_mask(image: sitk.Image, closing_mm: float = CLOSING_MM) -> sitk.I
     return sitk.BinaryFillhole(closed)
 
 
-def _fit_mask(image: sitk.Image, small: sitk.Image, mask: sitk.Image | None, factors: list[int]) -> sitk.Image:
+def _shrink(image: sitk.Image, factors: list[int], average: bool) -> sitk.Image:
+    return sitk.BinShrink(image, factors) if average else sitk.Shrink(image, factors)
+
+
+def _fit_mask(image: sitk.Image, small: sitk.Image, mask: sitk.Image | None, factors: list[int],
+              average: bool) -> sitk.Image:
     """The mask on the shrunken grid; positive voxels only (N4 works on log intensities)."""
     if mask is not None:
         if mask.GetSize() != image.GetSize():
             raise InputError(f"The N4 mask's size {mask.GetSize()} differs from the image's {image.GetSize()}.")
-        full = sitk.Cast(mask != 0, sitk.sitkFloat32)
-        small_mask = sitk.BinShrink(full, factors) > 0.5
+        small_mask = _shrink(sitk.Cast(mask != 0, sitk.sitkFloat32), factors, average) > 0.5
         small_mask.CopyInformation(small)
     else:
         small_mask = foreground_mask(small)

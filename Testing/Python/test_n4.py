@@ -73,7 +73,7 @@ def test_progress_reaches_one_and_never_goes_back(corrected_run) -> None:
 def test_shrink_keeps_thick_slices_and_bounds_the_fit_size() -> None:
     image = sitk.Image([256, 256, 24], sitk.sitkFloat32)
     image.SetSpacing((0.625, 0.625, 4.0))
-    assert shrink_factors(image) == [4, 4, 1]
+    assert shrink_factors(image)[2] == 1 and shrink_factors(image)[0] > 1
     big = sitk.Image([384, 384, 160], sitk.sitkFloat32)
     big.SetSpacing((0.365, 0.365, 0.7))
     factors = shrink_factors(big)
@@ -90,8 +90,9 @@ def test_cancel_mid_run_raises_within_a_second() -> None:
             cancelled_at.append(time.perf_counter())
             token.cancel()
 
+    long_enough = N4Settings(fit_spacing_mm=1.6)  # a fit of a second or more, so the cancel lands mid-run
     with pytest.raises(Cancelled):
-        n4_correct(as_image(truth * bias), cancel=token, progress=cancel_on_first_report)
+        n4_correct(as_image(truth * bias), cancel=token, progress=cancel_on_first_report, settings=long_enough)
     latency = time.perf_counter() - cancelled_at[0]
     fitting = [t for t in threading.enumerate() if t.name == "n4-fit" and t.is_alive()]
     assert latency < 1.0, f"cancel took {latency:.2f} s"
