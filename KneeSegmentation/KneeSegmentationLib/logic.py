@@ -4,23 +4,23 @@ No Qt here, so everything below the panel runs (and is tested) under ``slicer-co
 The module's ``KneeSegmentationLogic`` holds a ``SegmentationLogic(slicer.mrmlScene)``; tests hold one built on
 ``mrml.create_scene()``. This file composes the library (``pipeline.run_segmentation``,
 ``mrml.image_from_volume_node``, ``segments.labelmap_to_segmentation``) and adds only what a scene needs:
-echo and ROI from nodes, the output-node policy, and a background run.
+the echo of a multi-echo series (a MultiVolume's components or a Sequence's volumes), the ROI from a markups
+node, the output-node policy, and a background run.
 
-Background run: a **thread**, not a process. ``run_segmentation`` spends its time in torch convolutions and
-SimpleITK filters, which release the GIL, so Slicer's GUI thread keeps running (measured in
-``Testing/Python/test_logic.py``: the main thread's tick gap while a run works). Inside Slicer the main
-thread holds the GIL while Qt's event loop runs, so the module's poll timer also yields it for part of each
-tick (``poll(wait_s=...)``), as SimpleITK's SlicerSimpleFilters does with a sleep; the heavy C++ work then
-overlaps with the event loop and only the worker's Python glue waits for those windows (measured by emulating
-such a main thread in ``test_logic.py``). A thread shares the image
-and the cached model without copies or temporary files, and needs no second Python environment (a process
-would need ``PythonSlicer`` with torch and the library on its path, the image written to disk and read back,
-and the model re-loaded for every run). The price is that a thread cannot be killed: Cancel is cooperative.
-The pipeline checks its ``CancelToken`` between stages, between N4 iterations and between sliding windows
-(about a second each on a CPU), so a cancel lands within a second or two. MRML is never touched from the
-worker: the image is read from the node on the calling (GUI) thread before the start, and ``apply`` creates
-or fills the segmentation node on the calling thread after the run, so a cancelled or failed run leaves the
-scene exactly as it was. The GUI thread polls ``BackgroundRun.poll()`` from a QTimer.
+Background run: a **thread**, not a process. A thread shares the image and the cached model without copies or
+temporary files and needs no second Python environment (a process would need ``PythonSlicer`` with torch and
+the library on its path, the image written to disk and read back, and the model loaded again for every run).
+``run_segmentation`` spends its time in torch and SimpleITK calls, which release the GIL, so the calling
+thread keeps running (``test_logic.py`` measures its longest stall). Inside Slicer the main thread holds the
+GIL while Qt's event loop runs, so the module's poll timer yields it for part of each tick
+(``poll(wait_s=...)``, as SimpleITK's SlicerSimpleFilters does with a sleep); the heavy C++ work overlaps
+with the event loop and only the worker's Python glue waits for those windows (``test_logic.py`` emulates
+such a main thread). The price of a thread is that it cannot be killed: Cancel is cooperative. The pipeline
+checks its ``CancelToken`` between stages, N4 iterations and sliding windows (about a second each on a CPU),
+so a cancel lands within a second or two. MRML is never touched from the worker: the image is read from the
+node on the calling (GUI) thread before the start, and ``apply`` creates or fills the segmentation node on
+the calling thread after the run, so a cancelled or failed run leaves the scene exactly as it was. The GUI
+thread polls ``BackgroundRun.poll()`` from a QTimer.
 
 Output policy: a segmentation node that already holds segments is never replaced silently. ``start``/``run``/
 ``apply`` raise ``OutputNotEmpty`` unless ``overwrite=True``; with no output node a new one is created.
