@@ -86,6 +86,10 @@ def _segments_by_label(segmentation) -> dict[int, str]:
     return out
 
 
+def _node_ids(scene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
 def _order_segments(segmentation) -> None:
     for index, bone in enumerate(BONES):
         segment_id = segmentation.GetSegmentIdBySegmentName(bone.name)
@@ -109,6 +113,7 @@ def segmentation_to_labelmap(segmentation_node, reference_volume_node) -> sitk.I
             labels.append(bone.label)
     if ids.GetNumberOfValues() == 0:
         raise InputError(f"segmentation '{segmentation_node.GetName()}' has no Femur, Tibia or Fibula segment")
+    before = _node_ids(scene)
     label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__kneeseg_export")
     try:
         ok = logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, label_node, reference_volume_node)
@@ -116,7 +121,11 @@ def segmentation_to_labelmap(segmentation_node, reference_volume_node) -> sitk.I
             raise InputError("Slicer could not export the segmentation to a labelmap")
         exported = image_from_volume_node(label_node)
     finally:
-        scene.RemoveNode(label_node)
+        # The export also adds a display node and a colour table; the user's scene must not collect them.
+        for node_id in _node_ids(scene) - before:
+            node = scene.GetNodeByID(node_id)
+            if node is not None:
+                scene.RemoveNode(node)
     # The export numbers segments 1..n in the order given; map them back to bone label values.
     array = sitk.GetArrayFromImage(exported)
     out = np.zeros(array.shape, np.uint8)

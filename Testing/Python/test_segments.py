@@ -38,7 +38,9 @@ def _labels_and_volume(scene, direction=OBLIQUE):
 
 def test_segments_have_names_colours_terminology(scene):
     labels, volume = _labels_and_volume(scene)
+    nodes = scene.GetNumberOfNodes()
     seg = labelmap_to_segmentation(scene, labels, volume, model_tag="tiny/v1")
+    assert scene.GetNumberOfNodes() == nodes + 2  # the segmentation node and its display node, nothing else
     segmentation = seg.GetSegmentation()
     assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
         ["Femur", "Tibia", "Fibula"]
@@ -55,7 +57,9 @@ def test_segments_have_names_colours_terminology(scene):
 def test_labelmap_segments_labelmap_is_exact(scene):
     labels, volume = _labels_and_volume(scene)
     seg = labelmap_to_segmentation(scene, labels, volume)
+    nodes = scene.GetNumberOfNodes()
     back = segmentation_to_labelmap(seg, volume)
+    assert scene.GetNumberOfNodes() == nodes  # the export leaves nothing behind in the user's scene
     assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(labels))
     assert np.allclose(back.GetOrigin(), labels.GetOrigin())
     assert np.allclose(back.GetDirection(), labels.GetDirection())
