@@ -39,6 +39,8 @@ from KneeSegmentationLib.errors import KneeSegError
 # worker's torch and SimpleITK calls release the GIL while they compute, so they overlap with the event loop;
 # only the worker's Python glue needs these windows.
 POLL_INTERVAL_MS = 50
+RETRAIN_POLL_INTERVAL_MS = 1000  # the retraining child writes a CSV row every few seconds
+CURVE_HEIGHT_PX = 90
 GIL_YIELD_S = 0.015  # see test_logic.py::test_background_run_progresses_when_the_main_thread_holds_the_gil
 DEFAULT_MODEL_TEXT = "Default model"
 
@@ -145,6 +147,8 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._modelPaths: list[str] = []
         self._choices = {}  # model path -> ModelChoice
         self._timer = None
+        self._retrain = None  # RetrainJob in progress (a child process; see KneeSegmentationLib/retrain.py)
+        self._retrainTimer = None
 
     # -- set-up and scene life cycle (as in Slicer's template)
     def setup(self) -> None:
@@ -171,6 +175,14 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.refreshEchoes)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
 
+        self._retrainTimer = qt.QTimer()
+        self._retrainTimer.setInterval(RETRAIN_POLL_INTERVAL_MS)
+        self._retrainTimer.connect("timeout()", self.onRetrainPoll)
+        self.ui.saveCaseButton.connect("clicked(bool)", self.onSaveCase)
+        self.ui.retrainButton.connect("clicked(bool)", self.onRetrain)
+        self.ui.stopRetrainButton.connect("clicked(bool)", self.onStopRetrain)
+        self.ui.makeDefaultButton.connect("clicked(bool)", self.onMakeDefault)
+
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setValue(0)
         self.initializeParameterNode()
@@ -181,6 +193,10 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run.cancel()
         if self._timer is not None:
             self._timer.stop()
+        if self._retrain is not None:  # no orphan training process outlives the module
+            self._retrain.stop()
+        if self._retrainTimer is not None:
+            self._retrainTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -276,6 +292,9 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
         choice = choices.get(path)
         self.ui.modelInfoLabel.text = (f"{choice.label}: {choice.metrics}" if choice else path)
+        version = next((v for v in self.logic.training.versions() if str(v.path) == path), None)
+        if version is not None:
+            self.ui.modelInfoLabel.text += "\n" + version.summary + (_(" (default)") if version.is_default else "")
         self.ui.modelInfoLabel.toolTip = choice.description if choice else ""
 
     def refreshEchoes(self, *args) -> None:
@@ -309,6 +328,11 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.outputsCollapsibleButton.enabled = not running
         output = self._parameterNode.outputSegmentation if self._parameterNode else None
         self.ui.openSegmentEditorButton.enabled = bool(output) and not running
+        retraining = self._retrain is not None
+        self.ui.saveCaseButton.enabled = hasInput and bool(output) and not running
+        self.ui.retrainButton.enabled = not retraining and not running
+        self.ui.stopRetrainButton.enabled = retraining
+        self.ui.makeDefaultButton.enabled = not retraining and not running
 
     # -- dependencies
     def ensureDependencies(self) -> bool:
@@ -416,6 +440,8 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if segmentation is None:
             return
         self._parameterNode.outputSegmentation = segmentation
+        # kept (hidden) so that "Save as training case" can record how much the user edited
+        self.logic.training.remember_model_output(segmentation, status.result.labelmap, status.result.model.tag)
         segmentation.CreateClosedSurfaceRepresentation()
         slicer.util.setSliceViewerLayers(background=volume)
         result = status.result
@@ -427,6 +453,106 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 logging.warning(f"KneeSegmentation: {warning}")
         self.ui.statusLabel.text = text
         logging.info(f"KneeSegmentation timings: {result.timings}")
+
+    # -- correct and retrain (KneeSegmentationLib/training_logic.py)
+    def onSaveCase(self) -> None:
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not save the training case."), waitCursor=True):
+            folder = self.logic.training.save_case(parameters.inputVolume, parameters.outputSegmentation,
+                                                   self.logic.echoOf(parameters))
+            count = len(self.logic.training.cases())
+            self.ui.trainingStatusLabel.text = _("Saved case {name}; {count} case(s) in {folder}").format(
+                name=folder.name, count=count, folder=folder.parent)
+
+    def onRetrain(self) -> None:
+        if not self.ensureDependencies():
+            return
+        training = self.logic.training
+        cases = training.cases()
+        if not cases:
+            slicer.util.infoDisplay(_("Save at least one corrected segmentation as a training case first."))
+            return
+        settings = training.retrain_settings()
+        if not slicer.util.confirmOkCancelDisplay(
+                _("Fine-tune {model} on {count} saved case(s) for {steps} steps, in a separate process?\n\n"
+                  "Every fourth case is held out to compare the new version with the current one; it becomes "
+                  "the default only if it is better. Slicer stays usable; Stop ends it and keeps nothing.").format(
+                    model=settings.model, count=len(cases), steps=settings.steps),
+                windowTitle=_("Retrain")):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not start the retraining."), waitCursor=True):
+            self._retrain = training.start_retrain()
+            self.ui.trainingProgressBar.setValue(0)
+            self._retrainTimer.start()
+        self._updateButtons()
+
+    def onStopRetrain(self) -> None:
+        if self._retrain is None:
+            return
+        with slicer.util.WaitCursor():
+            status = self._retrain.stop()
+        self._retrainFinished(status)
+
+    def onRetrainPoll(self) -> None:
+        if self._retrain is None:
+            self._retrainTimer.stop()
+            return
+        try:
+            status = self._retrain.poll()
+            self.ui.trainingProgressBar.setValue(int(round(100 * status.fraction)))
+            text = _("{message}: step {step}/{total}").format(message=status.message, step=status.step,
+                                                              total=status.total_steps)
+            if status.loss:
+                text += _(", loss {loss:.3f}").format(loss=status.loss[-1][1])
+            if status.validation:
+                text += _(", validation Dice {dice:.3f}").format(dice=status.validation[-1][1]["score"])
+            self.ui.trainingStatusLabel.text = text
+            self._drawCurve(status)
+            if status.finished:
+                self._retrainFinished(status)
+        except Exception as error:  # never let an error escape into Qt's timer
+            showUnexpected(error)
+
+    def _retrainFinished(self, status) -> None:
+        self._retrainTimer.stop()
+        self._retrain = None
+        self._drawCurve(status)
+        self.ui.trainingStatusLabel.text = status.message
+        if status.phase == "done":
+            self.ui.trainingProgressBar.setValue(100)
+            self.logic.segmentation.forget_models()
+            self.refreshModels()
+        elif status.phase == "failed":
+            slicer.util.errorDisplay(_("Retraining failed."), windowTitle=_("Retrain"), detailedText=status.error)
+        self._updateButtons()
+
+    def _drawCurve(self, status) -> None:
+        """Training loss (blue, scaled to its maximum) and validation Dice (red, 0–1) against the step."""
+        from KneeSegmentationLib.training_logic import curve_points
+
+        width, height = max(int(self.ui.trainingCurveLabel.width), 200), CURVE_HEIGHT_PX
+        pixmap = qt.QPixmap(width, height)
+        pixmap.fill(qt.QColor("white"))
+        painter = qt.QPainter(pixmap)
+        for key, colour in (("loss", "#1f77b4"), ("dice", "#d62728")):
+            points = curve_points(status, width, height)[key]
+            painter.setPen(qt.QPen(qt.QColor(colour), 2))
+            for (x0, y0), (x1, y1) in zip(points, points[1:]):
+                painter.drawLine(qt.QPointF(x0, y0), qt.QPointF(x1, y1))
+            if len(points) == 1:
+                painter.drawEllipse(qt.QPointF(*points[0]), 2, 2)
+        painter.end()
+        self.ui.trainingCurveLabel.setPixmap(pixmap)
+
+    def onMakeDefault(self) -> None:
+        """Makes the version chosen in the model list the default (also a rollback to an older version)."""
+        index = self.ui.modelComboBox.currentIndex
+        if not 0 < index < len(self._modelPaths):
+            slicer.util.infoDisplay(_("Choose a model version in the list first."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not change the default model."), waitCursor=True):
+            self.logic.training.select_version(self._modelPaths[index])
+            self._showModelInfo(self._modelPaths[index])
 
     def onOpenSegmentEditor(self) -> None:
         segmentation = self._parameterNode.outputSegmentation
@@ -514,6 +640,7 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._segmentation = None
+        self._training = None
 
     def getParameterNode(self):
         return KneeSegmentationParameterNode(super().getParameterNode())
@@ -526,6 +653,17 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
 
             self._segmentation = SegmentationLogic(slicer.mrmlScene)
         return self._segmentation
+
+    @property
+    def training(self):
+        """Qt-free logic of the correct-and-retrain loop; cases go to a folder beside Slicer's settings."""
+        if self._training is None or self._training.scene is not slicer.mrmlScene:
+            from KneeSegmentationLib.cases import default_dataset_dir
+            from KneeSegmentationLib.training_logic import TrainingLogic
+
+            settingsFolder = os.path.dirname(slicer.app.slicerUserSettingsFilePath)
+            self._training = TrainingLogic(slicer.mrmlScene, dataset_dir=default_dataset_dir(settingsFolder))
+        return self._training
 
     def settings(self, parameters):
         from KneeSegmentationLib.logic import roi_box_from_node
