@@ -475,8 +475,9 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings = training.retrain_settings()
         if not slicer.util.confirmOkCancelDisplay(
                 _("Fine-tune {model} on {count} saved case(s) for {steps} steps, in a separate process?\n\n"
-                  "Every fourth case is held out to compare the new version with the current one; it becomes "
-                  "the default only if it is better. Slicer stays usable; Stop ends it and keeps nothing.").format(
+                  "With two or more cases, every fourth case (at least one) is held out to compare the new "
+                  "version with the current one; it becomes the default only if it is better there (with one "
+                  "case, you choose). Slicer stays usable; Stop ends it and keeps no partial model.").format(
                     model=settings.model, count=len(cases), steps=settings.steps),
                 windowTitle=_("Retrain")):
             return
