@@ -112,13 +112,14 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
     evaluate(a.model, a.dataset, a.out, run=a.run, cases=a.cases, n_cases=a.n, seed=a.seed,
-             echoes=not a.no_echoes, data=a.data)
+             echoes=not a.no_echoes, data=a.data, max_echoes=a.max_echoes)
 
 
 def cmd_export(a: argparse.Namespace) -> None:
     from .export import export
 
-    print(f"model written to {export(a.run, a.root, a.name, a.version, a.eval, a.description)}")
+    notes = a.notes.read_text(encoding="utf-8") if a.notes else ""
+    print(f"model written to {export(a.run, a.root, a.name, a.version, a.eval, a.description, notes=notes)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=4, help="rendered cases per map")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-echoes", action="store_true", help="skip the real multi-echo consistency check")
+    p.add_argument("--max-echoes", type=int, default=0, help="only the first N echoes (0: all)")
     p.add_argument("--data", type=Path, help="mskt data/ folder (default: fetch with pip)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -173,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, default=None)
     p.add_argument("--eval", type=Path, help="evaluation folder (metrics.json) to record in the card")
     p.add_argument("--description", default="")
+    p.add_argument("--notes", type=Path, help="Markdown appended to MODEL_CARD.md (known limits, observations)")
     p.set_defaults(func=cmd_export)
     return parser
 

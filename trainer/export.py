@@ -64,7 +64,8 @@ def run_summary(run: Path, cfg: TrainConfig) -> dict:
 
 
 def export(run: Path, root: Path | None = None, name: str = "knee-bones", version: int | None = None,
-           eval_dir: Path | None = None, description: str = "", parent: str | None = None) -> Path:
+           eval_dir: Path | None = None, description: str = "", parent: str | None = None,
+           notes: str = "") -> Path:
     """Writes the best weights of ``run`` as ``root/name/vN`` and returns the folder."""
     run = Path(run)
     if not (run / BEST).is_file() or not (run / "config.json").is_file():
@@ -88,7 +89,7 @@ def export(run: Path, root: Path | None = None, name: str = "knee-bones", versio
                                    "3D U-Net trained on images synthesized from real label maps.",
         training=training, metrics=metrics)
     out = save_model(net.eval(), card, root if root is not None else bundled_models_root(), version)
-    write_model_card_md(out, card)
+    write_model_card_md(out, card, notes)
     return out
 
 
