@@ -3,8 +3,9 @@
 ``run_segmentation`` touches no MRML and no GUI, so the Slicer module can run it in a worker thread, the CLI
 in the main thread and the trainer in its evaluation loop: all three get exactly the same result.
 
-Locating the knee: the network is run once on a coarse grid that shows the whole image (only when the image
-does not fit into one window at the model's spacing). The femorotibial joint centre is where the femur comes
+Locating the knee: an image that fits one window at the model's spacing (enlarged by up to
+``SINGLE_PASS_GROWTH``; the network is fully convolutional) is segmented in that single pass. A larger one is
+first segmented on a coarse grid that shows all of it (at most 2x the model's spacing, tiled if needed). The femorotibial joint centre is where the femur comes
 within ``JOINT_DISTANCE_MM`` of the tibia; the fine pass then sees a window of the model's patch size centred
 there. This uses the model's own anatomical knowledge, needs no second model and works for any orientation.
 """
@@ -25,7 +26,7 @@ from .io import validate_image
 from .modelfile import LoadedModel, default_model, load_model
 from .n4 import n4_correct
 from .postprocess import clean_labels, probabilities_to_labels, resample_channels
-from .preprocess import RoiBox, grid_covering, image_center, model_grid_around, prepare_input
+from .preprocess import RoiBox, grid_covering, image_center, model_grid_around, prepare_input, single_window_grid
 from .progress import CancelToken, Progress, StageProgress, no_progress
 
 JOINT_DISTANCE_MM = 6.0
@@ -119,22 +120,25 @@ def run_segmentation(
         image = _timed(timings, "n4", n4_correct, image, cancel=cancel, progress=report)
     cancel.check()
 
-    def segment_on(grid: sitk.Image, report: Callable[[float], None]) -> np.ndarray:
+    def segment_on(grid: sitk.Image, report: Callable[[float], None], window=patch) -> np.ndarray:
         nonlocal device
         x = prepare_input(image, grid, norm)
-        prob, device, warn = predict_probabilities(model.network, x, patch, device, settings.tta, report, cancel)
+        prob, device, warn = predict_probabilities(model.network, x, window, device, settings.tta, report, cancel)
         warnings.extend(warn)
         return prob
 
     report = stages.stage("Locating the knee")
+    window = patch
     if settings.roi is not None:
         grid = roi_grid(settings.roi, spacing, model.card.network.size_divisor)
         center = np.asarray(settings.roi.center_lps, float)
     else:
-        overview = grid_covering(image, spacing[0], patch)
-        if np.allclose(overview.GetSpacing(), spacing) and list(overview.GetSize()) == list(patch):
-            grid, center = overview, image_center(image)  # the whole image fits one window
+        single = single_window_grid(image, spacing[0], patch, model.card.network.size_divisor)
+        if single is not None:
+            grid, center = single, image_center(image)  # the whole image fits one (enlarged) window
+            window = single.GetSize()[::-1]
         else:
+            overview = grid_covering(image, spacing[0], patch)
             coarse = _timed(timings, "overview pass", segment_on, overview, report)
             center, warn = joint_center(np.argmax(coarse, axis=0), overview)
             if center is None:
@@ -142,7 +146,7 @@ def run_segmentation(
                 warnings.append(warn)
             grid = model_grid_around(center, spacing, patch)
 
-    prob = _timed(timings, "network", segment_on, grid, stages.stage("Segmenting"))
+    prob = _timed(timings, "network", segment_on, grid, stages.stage("Segmenting"), window)
     cancel.check()
 
     report = stages.stage("Post-processing")

@@ -23,6 +23,9 @@ NORMALIZED_RANGE = (-0.25, 1.5)
 # The overview pass that locates the knee in a large field of view runs at most this much coarser than the
 # model's spacing; beyond that it tiles windows instead of shrinking the anatomy further.
 OVERVIEW_MAX_FACTOR = 2.0
+# An image up to this much larger than the window is segmented in one pass on an enlarged window (the network
+# is fully convolutional), which costs less than an overview pass plus a fine pass.
+SINGLE_PASS_GROWTH = 1.25
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,19 @@ def model_grid_around(center_lps: Sequence[float], spacing: Sequence[float], siz
     ref.SetOrigin(origin.tolist())
     ref.SetDirection(IDENTITY_3D)
     return ref
+
+
+def single_window_grid(image: sitk.Image, spacing: float, patch: Sequence[int], divisor: int,
+                       growth: float = SINGLE_PASS_GROWTH) -> sitk.Image | None:
+    """A grid at ``spacing`` covering the whole image in one window at most ``growth`` x ``patch`` (sizes
+    rounded up to multiples of ``divisor``, never below ``patch``); None if the image is larger."""
+    lo, hi = physical_bounds(image)
+    extent = hi - lo + np.array(image.GetSpacing()).max()
+    size = np.ceil(extent / spacing).astype(int) + 1
+    size = np.maximum(np.ceil(size / divisor).astype(int) * divisor, np.asarray(patch))
+    if np.any(size > np.asarray(patch) * growth):
+        return None
+    return model_grid_around((lo + hi) / 2, (spacing,) * 3, size)
 
 
 def grid_covering(image: sitk.Image, min_spacing: float, max_size: Sequence[int],

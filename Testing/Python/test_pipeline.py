@@ -10,7 +10,8 @@ import SimpleITK as sitk
 from KneeSegmentationLib.errors import Cancelled, InputError, ModelError
 from KneeSegmentationLib.modelfile import load_model
 from KneeSegmentationLib.pipeline import SegmentationSettings, joint_center, run_segmentation
-from KneeSegmentationLib.preprocess import RoiBox, grid_covering, model_grid_around, physical_bounds, resample_to_grid
+from KneeSegmentationLib.preprocess import (RoiBox, grid_covering, model_grid_around, physical_bounds,
+                                            resample_to_grid, single_window_grid)
 from KneeSegmentationLib.progress import CancelToken
 
 from phantom import phantom, phantom_image, phantom_labels
@@ -49,10 +50,10 @@ def test_segments_the_phantom_in_any_geometry(tiny_model, size, spacing, directi
 
 def test_large_field_of_view_is_located_by_the_overview_pass(tiny_model):
     """The knee lies off-centre in a field of view larger than one window (24 x 5 mm): the overview pass must
-    find the joint and the fine pass, centred there, must segment it. (The overview runs 1.1x coarser than
-    the model's spacing here, within the scale range models are trained for.)"""
-    center = (20.0, -15.0, 18.0)
-    grid = model_grid_around((0, 0, 0), (2.5, 2.5, 2.5), (52, 52, 52))  # 130 mm field of view
+    find the joint and the fine pass, centred there, must segment it. (The overview runs 1.4x coarser than
+    the model's spacing here.)"""
+    center = (25.0, -20.0, 22.0)
+    grid = model_grid_around((0, 0, 0), (2.5, 2.5, 2.5), (64, 64, 64))  # 160 mm field of view
     labels = phantom_labels(grid, center=center)
     image = phantom_image(labels, seed=1)
     result = run_segmentation(image, _settings(tiny_model))
@@ -73,6 +74,17 @@ def test_overview_grid_never_shrinks_anatomy_more_than_twice():
     image.SetSpacing((2.0, 2.0, 2.0))
     grid = grid_covering(image, 1.5, (96, 96, 96))
     assert grid.GetSpacing()[0] == pytest.approx(3.0) and min(grid.GetSize()) >= 133
+    lo, hi = physical_bounds(grid)
+    ilo, ihi = physical_bounds(image)
+    assert np.all(lo <= ilo) and np.all(hi >= ihi)
+    assert single_window_grid(image, 1.5, (96, 96, 96), 8) is None
+
+
+def test_a_slightly_larger_image_gets_one_enlarged_window():
+    image = sitk.Image([256, 256, 24], sitk.sitkFloat32)  # like the MESE sample: 160 x 160 x 96 mm
+    image.SetSpacing((0.625, 0.625, 4.0))
+    grid = single_window_grid(image, 1.5, (96, 96, 96), 8)
+    assert grid.GetSize() == (112, 112, 96)
     lo, hi = physical_bounds(grid)
     ilo, ihi = physical_bounds(image)
     assert np.all(lo <= ilo) and np.all(hi >= ihi)
