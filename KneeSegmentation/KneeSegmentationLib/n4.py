@@ -23,6 +23,7 @@ is raised well within a second of a cancel (ITK's N4 does not honour Abort mid-f
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from dataclasses import dataclass
@@ -176,12 +177,23 @@ def _fit(n4: sitk.N4BiasFieldCorrectionImageFilter, small: sitk.Image, mask: sit
     while not state.done.wait(POLL_S):
         if cancel is not None and cancel.cancelled:
             n4.Abort()
+            _ABANDONED.append(worker)
             raise Cancelled("Cancelled by the user during N4 bias correction; nothing was changed.")
         report(state.fraction)
     if state.error is not None:
         raise InputError(f"N4 bias correction failed: {state.error}")
     if cancel is not None:
         cancel.check()
+
+
+_ABANDONED: list[threading.Thread] = []  # cancelled fits still finishing in the background
+
+
+@atexit.register
+def _join_abandoned_fits() -> None:
+    """Lets cancelled fits finish before the interpreter exits (ITK code must not outlive Python)."""
+    for worker in _ABANDONED:
+        worker.join(timeout=60)
 
 
 class _FitState:
@@ -199,6 +211,9 @@ class _FitState:
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             self.error = lines[-1] if lines else "unknown ITK error"
         finally:
+            # Drop the Python progress command now: a filter that outlives the interpreter's shutdown while
+            # still holding a Python callable aborts the process at exit (seen after a cancel).
+            n4.RemoveAllCommands()
             self.done.set()
 
     def iterated(self, n4: sitk.N4BiasFieldCorrectionImageFilter, levels: int) -> None:

@@ -120,3 +120,30 @@ def test_empty_mask_is_refused() -> None:
 def test_image_without_positive_voxels_is_refused() -> None:
     with pytest.raises(InputError, match="too few positive voxels"):
         n4_correct(as_image(-np.abs(phantom()[0])))
+
+
+def test_cancel_during_n4_then_exit_does_not_crash(tmp_path):
+    """A cancelled fit still finishing in ITK must not abort the interpreter at exit (exit code 134)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "cancel_then_exit.py"
+    script.write_text(textwrap.dedent('''
+        import threading
+        import numpy as np, SimpleITK as sitk
+        from KneeSegmentationLib.errors import Cancelled
+        from KneeSegmentationLib.n4 import n4_correct
+        from KneeSegmentationLib.progress import CancelToken
+        rng = np.random.default_rng(0)
+        image = sitk.GetImageFromArray((rng.random((24, 200, 200)) * 100 + 50).astype(np.float32))
+        token = CancelToken()
+        threading.Timer(0.3, token.cancel).start()
+        try:
+            n4_correct(image, cancel=token)
+        except Cancelled:
+            print("cancelled")
+    '''))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert "cancelled" in proc.stdout
