@@ -57,7 +57,7 @@ def test_write_image_replaces_existing_file_atomically(tmp_path: Path) -> None:
     write_image(sitk.Image([4, 4, 4], sitk.sitkUInt8), path)
     second = sitk.Image([4, 4, 4], sitk.sitkUInt8) + 3
     write_image(second, path)
-    assert sitk.GetArrayViewFromImage(sitk.ReadImage(str(path))).max() == 3
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(path))).max() == 3
     assert [p.name for p in tmp_path.iterdir()] == ["labels.nrrd"]
 
 
