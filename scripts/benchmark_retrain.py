@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmark_retrain"))
     p.add_argument("--candidates", type=int, default=12, help="contrasts tried")
     p.add_argument("--probe", type=int, default=2, help="renders per contrast while searching")
+    p.add_argument("--contrast-seed", type=int, default=None, help="use this contrast, skip the search")
     p.add_argument("--n-train", type=int, default=4, help="corrected cases")
     p.add_argument("--n-test", type=int, default=6, help="other cases of that contrast, for before/after")
     p.add_argument("--n-other", type=int, default=3, help="renders per training map with that contrast")
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
 
     # 1. the contrast the model does worst on
     search = []
-    for seed in range(a.candidates):
+    for seed in (range(a.candidates) if a.contrast_seed is None else [a.contrast_seed]):
         contrast = draw_contrast(random_gen, seed)
         gen = FixedContrastGenerator(maps, spacing, window, pre.normalization, contrast=contrast)
         score = dice_table(parent, render(gen, held, a.probe, SEED_PROBE + seed))
@@ -174,11 +175,16 @@ def main(argv=None) -> int:
     job = RetrainJob(settings).start()
     last = -1
     status = job.poll()
-    while not status.finished:
-        if status.step != last and status.loss:
-            last = status.step
-            print(f"  {status.phase} step {status.step}/{status.total_steps} loss {status.loss[-1][1]:.3f}", flush=True)
-        status = job.wait(timeout=10)
+    try:
+        while not status.finished:
+            if status.step != last and status.loss:
+                last = status.step
+                print(f"  {status.phase} step {status.step}/{status.total_steps} loss {status.loss[-1][1]:.3f}",
+                      flush=True)
+            status = job.wait(timeout=10)
+    finally:
+        if not status.finished:  # interrupted: the child runs in its own session, end it too
+            job.stop()
     if status.phase != "done":
         raise SystemExit(f"retraining {status.phase}: {status.error}")
     retrain_s = time.perf_counter() - t0
