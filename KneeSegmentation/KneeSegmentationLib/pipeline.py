@@ -78,7 +78,8 @@ def joint_center(labels: np.ndarray, grid: sitk.Image) -> tuple[np.ndarray | Non
     if femur.any() and tibia.any():
         tib = sitk.GetImageFromArray(tibia.astype(np.uint8))
         tib.CopyInformation(grid)
-        dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(tib, insideIsPositive=False, useImageSpacing=True))
+        dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(tib, insideIsPositive=False, squaredDistance=False,
+                                                                  useImageSpacing=True))
         contact = femur & (dist <= JOINT_DISTANCE_MM)
         pts = np.argwhere(contact if contact.any() else (femur | tibia))
     elif femur.any() or tibia.any():

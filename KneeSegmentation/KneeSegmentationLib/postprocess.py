@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .constants import BONES
+from .constants import BONES, FIBULA, TIBIA
 
 # A component is kept if it has at least this fraction of the bone's largest component: a bone split by the
 # field of view keeps both parts, a speck does not.
-MIN_COMPONENT_FRACTION = 0.1
+MIN_COMPONENT_FRACTION = 0.25
+# The fibular head lies against the lateral tibial condyle (proximal tibiofibular joint).
+FIBULA_MAX_GAP_MM = 8.0
 
 
 def _array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -70,8 +72,10 @@ def probabilities_to_labels(prob: np.ndarray, grid: sitk.Image, target: sitk.Ima
 
 
 def clean_labels(labels: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:  # spacing in x, y, z
-    """Per bone: keep components with at least ``MIN_COMPONENT_FRACTION`` of the largest, fill holes.
-    Works on the bounding box of the labelled voxels only, so it stays fast on large images."""
+    """Per bone: keep components with at least ``MIN_COMPONENT_FRACTION`` of the largest, fill holes; a
+    fibula component must also lie within ``FIBULA_MAX_GAP_MM`` of the tibia (the fibular head sits against
+    the lateral tibial condyle; a "fibula" elsewhere is a vessel or tendon). Works on the bounding box of
+    the labelled voxels only, so it stays fast on large images."""
     present = np.argwhere(labels > 0)
     out = np.zeros_like(labels)
     if present.size == 0:
@@ -82,19 +86,43 @@ def clean_labels(labels: np.ndarray, spacing: tuple[float, float, float]) -> np.
     cleaned = np.zeros_like(crop)
     for bone in BONES:
         mask = crop == bone.label
-        if not mask.any():
+        allowed = _near(cleaned == TIBIA.label, spacing, FIBULA_MAX_GAP_MM) if bone is FIBULA else None
+        kept = _plausible_components(mask, spacing, allowed)
+        if kept is None:
             continue
-        img = sitk.GetImageFromArray(mask.astype(np.uint8))
-        img.SetSpacing(spacing)
-        cc = sitk.ConnectedComponent(img, True)
-        stats = sitk.LabelShapeStatisticsImageFilter()
-        stats.Execute(cc)
-        sizes = {lab: stats.GetNumberOfPixels(lab) for lab in stats.GetLabels()}
-        largest = max(sizes.values())
-        keep = [lab for lab, n in sizes.items() if n >= MIN_COMPONENT_FRACTION * largest]
-        kept = np.isin(sitk.GetArrayViewFromImage(cc), keep)
         filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(kept.astype(np.uint8)), True)) > 0
         # A filled hole may only take voxels no other bone has claimed.
         cleaned[filled & ((crop == 0) | mask) & (cleaned == 0)] = bone.label
     out[box] = cleaned
     return out
+
+
+def _image(mask: np.ndarray, spacing) -> sitk.Image:
+    img = sitk.GetImageFromArray(mask.astype(np.uint8))
+    img.SetSpacing([float(s) for s in spacing])
+    return img
+
+
+def _near(mask: np.ndarray, spacing, distance_mm: float) -> np.ndarray:
+    """Voxels within ``distance_mm`` of ``mask`` (none if ``mask`` is empty)."""
+    if not mask.any():
+        return np.zeros(mask.shape, bool)
+    dist = sitk.SignedMaurerDistanceMap(_image(mask, spacing), insideIsPositive=False, squaredDistance=False,
+                                       useImageSpacing=True)
+    return sitk.GetArrayFromImage(dist) <= distance_mm
+
+
+def _plausible_components(mask: np.ndarray, spacing, allowed: np.ndarray | None) -> np.ndarray | None:
+    """The components of ``mask`` worth keeping (touching ``allowed`` where given); None if none is."""
+    if not mask.any():
+        return None
+    cc_image = sitk.ConnectedComponent(_image(mask, spacing), True)
+    cc = sitk.GetArrayFromImage(cc_image)
+    labels = np.unique(cc[cc > 0])
+    if allowed is not None:
+        labels = np.unique(cc[(cc > 0) & allowed])
+    if labels.size == 0:
+        return None
+    sizes = np.bincount(cc.ravel())[labels]
+    keep = labels[sizes >= MIN_COMPONENT_FRACTION * sizes.max()]
+    return np.isin(cc, keep)

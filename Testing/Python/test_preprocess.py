@@ -98,3 +98,15 @@ def test_clean_labels_removes_islands_and_fills_holes():
 def test_roi_box_validates():
     with pytest.raises(InputError):
         RoiBox((0, 0, 0), (10, -1, 10))
+
+
+def test_clean_labels_drops_a_fibula_far_from_the_tibia():
+    _, labels = phantom(size=(48, 48, 40), spacing=(2.0, 2.0, 2.0))
+    lab = sitk.GetArrayFromImage(labels)
+    noisy = lab.copy()
+    noisy[30:34, 2:5, 40:44] = 3  # a "fibula" blob in front of the femur, far from the tibia
+    cleaned = clean_labels(noisy, labels.GetSpacing())
+    assert np.array_equal(cleaned, lab)  # the real fibula (beside the tibia) stays, the blob goes
+    no_tibia = lab.copy()
+    no_tibia[no_tibia == 2] = 0
+    assert not (clean_labels(no_tibia, labels.GetSpacing()) == 3).any()  # no tibia: no plausible fibula
