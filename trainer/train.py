@@ -93,7 +93,8 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)  # our own run folder, written by us
+    # Tensors, numbers and RNG states only: loads without unpickling arbitrary objects.
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # ----------------------------------------------------------------------------------------- validation
