@@ -130,17 +130,18 @@ def test_cancel_during_n4_then_exit_does_not_crash(tmp_path):
 
     script = tmp_path / "cancel_then_exit.py"
     script.write_text(textwrap.dedent('''
-        import threading
         import numpy as np, SimpleITK as sitk
         from KneeSegmentationLib.errors import Cancelled
-        from KneeSegmentationLib.n4 import n4_correct
+        from KneeSegmentationLib.n4 import N4Settings, n4_correct
         from KneeSegmentationLib.progress import CancelToken
         rng = np.random.default_rng(0)
         image = sitk.GetImageFromArray((rng.random((24, 200, 200)) * 100 + 50).astype(np.float32))
+        # A fit that cannot stop early (threshold 0: all 100 iterations, ~3 s here): it is still running when the
+        # first progress report, one poll interval after the start, cancels it, on a fast machine too.
+        slow = N4Settings(fit_spacing_mm=4.0, iterations=(100,), convergence_threshold=0.0)
         token = CancelToken()
-        threading.Timer(0.3, token.cancel).start()
         try:
-            n4_correct(image, cancel=token)
+            n4_correct(image, cancel=token, progress=lambda fraction: token.cancel(), settings=slow)
         except Cancelled:
             print("cancelled")
     '''))
