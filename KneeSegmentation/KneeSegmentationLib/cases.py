@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from .constants import BONES, NUM_CLASSES
 from .errors import DatasetError, InputError
+from .files import usual_permissions
 from .metrics import dice
 
 CASE_FORMAT = "kneeseg-case/1"
@@ -208,6 +209,7 @@ def save_training_case(image: sitk.Image, corrected: sitk.Image, dataset_dir: Pa
                 continue
             meta = case_metadata(image, labels, original_labels, source, model_tag, case_id, digest)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            usual_permissions(tmp)
             try:
                 os.rename(tmp, final)  # atomic; never replaces a non-empty folder
             except OSError:

@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .files import usual_permissions
 
 IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 ECHO_TIME_TAG = "0018|0081"
@@ -274,6 +275,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         sitk.WriteImage(image, str(tmp / path.name), compress)
+        usual_permissions(tmp)
         produced = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)  # header last
         for file in produced:
             os.replace(file, path.parent / file.name)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from .constants import BONES, NUM_CLASSES
 from .errors import ModelError
+from .files import usual_permissions
 from .network import UNet3D, UNetConfig
 
 FORMAT = "kneeseg-model/1"
@@ -225,6 +226,7 @@ def save_model(network: torch.nn.Module, card: ModelCard, root: Path | str, vers
         card.version = version
         card.weights_sha256 = sha256_of(tmp / WEIGHTS_FILE)
         (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
+        usual_permissions(tmp)
         try:
             os.rename(tmp, final)  # atomic; fails if ``final`` appeared meanwhile (non-empty dir)
         except OSError as e:
@@ -306,6 +308,7 @@ def select_default_model(model_dir: Path | str, root: Path | str | None = None) 
     fd, tmp = tempfile.mkstemp(prefix=".selection-", suffix=".json", dir=root)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(json.dumps(data, indent=2) + "\n")
+    usual_permissions(tmp)
     os.replace(tmp, root / SELECTION_FILE)
     return root / SELECTION_FILE
 

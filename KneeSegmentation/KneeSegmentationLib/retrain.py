@@ -48,6 +48,7 @@ from typing import Sequence
 from .cases import IMAGE_FILE, LABEL_FILE, list_cases, default_dataset_dir
 from .constants import BONES
 from .errors import DatasetError, KneeSegError, ModelError
+from .files import usual_permissions
 from .modelfile import (VERSION_DIR, bundled_models_root, default_model, read_card, select_default_model, selected_model_path,
                         user_models_root)
 
@@ -314,6 +315,7 @@ def record_user_metrics(root: Path, model_dir: Path, record: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".user_metrics-", suffix=".json", dir=root)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(json.dumps(data, indent=2) + "\n")
+    usual_permissions(tmp)
     os.replace(tmp, Path(root) / USER_METRICS_FILE)
 
 

@@ -19,6 +19,7 @@ import slicer
 
 from .constants import BONES, CATEGORY_CODE, CATEGORY_MEANING, MODEL_TAG, SNOMED_SCHEME, TERMINOLOGY_CONTEXT, Bone
 from .errors import InputError
+from .files import usual_permissions
 from .mrml import image_from_volume_node, segmentations_logic, volume_node_from_image
 
 
@@ -149,6 +150,7 @@ def save_segmentation(segmentation_node, path: str | Path) -> Path:
     try:
         if not storage.WriteData(segmentation_node):
             raise InputError(f"could not write {path}")
+        usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -44,6 +44,20 @@ def test_versions_are_never_overwritten(tmp_path):
     assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]  # no temp folders left
 
 
+def test_saved_models_are_readable_by_others_under_the_umask(tmp_path):
+    """Written in a private temporary folder, the published version gets the umask's usual permissions, so a
+    model in a shared lab folder is readable by colleagues (and private under umask 077)."""
+    for mask, folder_mode, file_mode in [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)]:
+        old = os.umask(mask)
+        try:
+            path = save_model(UNet3D(CONFIG), _card(f"m{mask:o}"), tmp_path)
+        finally:
+            os.umask(old)
+        assert path.stat().st_mode & 0o777 == folder_mode
+        assert {f.name: f.stat().st_mode & 0o777 for f in path.iterdir()} == {
+            WEIGHTS_FILE: file_mode, CARD_FILE: file_mode}
+
+
 def test_checksum_mismatch_is_refused(tmp_path):
     path = save_model(UNet3D(CONFIG), _card(), tmp_path)
     data = bytearray((path / WEIGHTS_FILE).read_bytes())

@@ -1,0 +1,34 @@
+"""Permissions of files written atomically.
+
+``tempfile.mkstemp`` and ``mkdtemp`` create private entries (0600, 0700) so that nobody can read a half-written
+file; after the rename that privacy would stay, and a model, case or segmentation in a shared lab folder would be
+unreadable to colleagues. ``usual_permissions`` gives them what a plain ``open()``/``mkdir()`` would have given
+under the user's umask, before they are renamed into place.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _umask() -> int:
+    """The process umask. Linux tells it in /proc without changing it; elsewhere it is set and restored at
+    once (``os.umask`` is the only portable reader, and the moment in between is a race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def usual_permissions(path: str | os.PathLike) -> None:
+    """Sets ``path`` (and, for a folder, everything in it) to 0666/0777 minus the umask."""
+    mask = _umask()
+    path = Path(path)
+    entries = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for entry in entries:
+        entry.chmod((0o777 if entry.is_dir() else 0o666) & ~mask)
