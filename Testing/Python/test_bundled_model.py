@@ -1,0 +1,97 @@
+"""The bundled models held to a floor: every version loads safely and is small; the default one (the newest)
+finds the bones of the real multi-echo sample in plausible places and volumes and keeps a Dice floor on a
+held-out rendered case.
+
+Floors are set below the figures measured at export (see the model card), so a damaged or retrained
+model that is clearly worse fails here. One pipeline run (no N4) and one rendered case: ~20 s on 2 cores.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from KneeSegmentationLib.infer import predict_probabilities
+from KneeSegmentationLib.metrics import dice
+from KneeSegmentationLib.modelfile import bundled_models_root, default_model, list_models, load_model
+from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
+
+from realdata import mskt_data, mskt_dicom
+
+BUNDLED = list_models([bundled_models_root()])
+MAX_MB = 10
+# Floors for the default model (knee-bones v2: measured at export minus a margin; see its MODEL_CARD.md).
+FLOOR_HELDOUT_DICE = {"Femur": 0.8, "Tibia": 0.8}  # measured 0.91 / 0.91 (mean of 4), min 0.89 / 0.89
+SAMPLE_VOLUME_ML = {1: (60, 700), 2: (30, 500)}  # femur, tibia within the 16 x 16 x 9.6 cm field of view
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(default_model([bundled_models_root()]).path)
+
+
+def test_the_default_is_the_newest_bundled_version(model):
+    assert model.card.name == "knee-bones" and model.card.version == max(e.version for e in BUNDLED) >= 2
+
+
+@pytest.mark.parametrize("entry", BUNDLED, ids=lambda e: e.card.tag)
+def test_every_bundled_version_loads_safely_and_is_small(entry):
+    assert (entry.path / "model.safetensors").stat().st_size < MAX_MB * 1e6
+    loaded = load_model(entry.path)  # safetensors + checksum; a pickle would be refused
+    assert loaded.card.labels == {1: "Femur", 2: "Tibia", 3: "Fibula"}
+    assert loaded.card.metrics and loaded.card.training.get("steps")
+    assert (entry.path / "MODEL_CARD.md").is_file()
+
+
+@pytest.fixture(scope="module")
+def sample_result(model):
+    from KneeSegmentationLib.io import read_image
+
+    image = read_image(mskt_dicom(), echo=0)
+    result = run_segmentation(image, SegmentationSettings(model=model, device="cpu", n4=False))
+    return sitk.GetArrayFromImage(result.labelmap), result.labelmap, float(np.prod(image.GetSpacing())) / 1000
+
+
+def _centroid(labels: np.ndarray, geometry: sitk.Image, label: int) -> np.ndarray:
+    index = np.argwhere(labels == label).mean(axis=0)[::-1]
+    return np.array(geometry.TransformContinuousIndexToPhysicalPoint(index.tolist()))
+
+
+def test_finds_the_bones_of_the_real_sample_in_plausible_places(sample_result):
+    lab, geometry, voxel_ml = sample_result
+    for label, (lo, hi) in SAMPLE_VOLUME_ML.items():
+        volume = (lab == label).sum() * voxel_ml
+        assert lo < volume < hi, f"label {label}: {volume:.0f} ml"
+    # LPS: z grows superiorly; the femur lies above the tibia
+    assert _centroid(lab, geometry, 1)[2] > _centroid(lab, geometry, 2)[2] + 10
+
+
+@pytest.mark.xfail(strict=True, reason="known limit of knee-bones v2 (MODEL_CARD.md, issue 6): the fibular head "
+                   "in the sample's lateral slices is not found. Strict: a model that finds it makes this pass, "
+                   "and the marker must then go.")
+def test_finds_the_fibular_head_of_the_real_sample(sample_result):
+    lab, geometry, voxel_ml = sample_result
+    assert (lab == 3).sum() * voxel_ml > 1.0  # the head alone is several ml
+    assert _centroid(lab, geometry, 3)[2] < _centroid(lab, geometry, 2)[2]  # below the tibial plateau's centre
+
+
+def test_dice_floor_on_a_held_out_rendered_case(model, tmp_path):
+    from trainer.dataset import mskt_sources, prepare_map
+    from trainer.generator import Generator
+    from trainer.dataset import LabelMap
+
+    src = next(s for s in mskt_sources(mskt_data()) if s.role == "val")
+    image, entry = prepare_map(src)
+    labels = sitk.GetArrayFromImage(image)
+    m = LabelMap(entry["id"], "val", labels, np.array(image.GetOrigin()), entry["spacing_mm"],
+                 np.array(entry["joint_center_lps"]), np.zeros((0, 3)), entry)
+    pre = model.card.preprocessing
+    gen = Generator([m], pre.spacing_mm[0], tuple(pre.patch_size), pre.normalization)
+    s = gen.sample(np.random.default_rng(11), torch.Generator().manual_seed(11), map_index=0, center=m.joint_center)
+    prob, _, _ = predict_probabilities(model.network, s.image, pre.patch_size, torch.device("cpu"))
+    pred = prob.argmax(0)
+    for name, label in (("Femur", 1), ("Tibia", 2)):
+        assert dice(pred == label, s.target == label) > FLOOR_HELDOUT_DICE[name], name
