@@ -103,8 +103,11 @@ def _run_with_progress(run, image, settings, quiet: bool):
     cancel = CancelToken()
     with tqdm(total=100, disable=quiet, bar_format="{l_bar}{bar}| {elapsed}", file=sys.stderr, leave=False) as bar:
         def progress(fraction: float, stage: str) -> None:
-            bar.set_description(stage)
-            bar.n = round(100 * fraction)
+            percent = round(100 * fraction)
+            if (stage, percent) == (bar.desc, bar.n):
+                return  # N4 reports every 50 ms: redraw only what changed (a log file would fill up)
+            bar.set_description_str(stage, refresh=False)
+            bar.n = percent
             bar.refresh()
 
         try:
