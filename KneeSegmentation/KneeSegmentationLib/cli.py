@@ -102,10 +102,13 @@ def _run_with_progress(run, image, settings, quiet: bool):
 
     cancel = CancelToken()
     with tqdm(total=100, disable=quiet, bar_format="{l_bar}{bar}| {elapsed}", file=sys.stderr, leave=False) as bar:
+        shown: list[tuple[str, int]] = []
+
         def progress(fraction: float, stage: str) -> None:
             percent = round(100 * fraction)
-            if (stage, percent) == (bar.desc, bar.n):
+            if shown and shown[-1] == (stage, percent):
                 return  # N4 reports every 50 ms: redraw only what changed (a log file would fill up)
+            shown.append((stage, percent))
             bar.set_description_str(stage, refresh=False)
             bar.n = percent
             bar.refresh()
