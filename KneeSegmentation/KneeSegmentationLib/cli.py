@@ -19,7 +19,7 @@ from typing import Sequence
 from .cli_training import add_training_commands
 from .errors import Cancelled, KneeSegError
 from .infer import DEVICES, available_devices
-from .modelfile import ModelEntry, default_model, list_models, read_card
+from .modelfile import ModelEntry, default_model, format_metrics, list_models, read_card
 from .progress import CancelToken
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -182,8 +182,11 @@ def _models(_: argparse.Namespace) -> int:
     if not entries:
         print("no models installed")
         return 0
+    default = default_model().path
     for e in entries:
-        print(f"{e.name}/v{e.version}  {e.path}  {json.dumps(e.card.metrics.get('summary', {}))}")
+        mark = "*" if e.path == default else " "
+        print(f"{mark} {e.card.tag}  {e.path}\n    {format_metrics(e.card.metrics)}")
+    print("(* the default model)")
     print(f"devices here: {', '.join(available_devices())}")
     return 0
 

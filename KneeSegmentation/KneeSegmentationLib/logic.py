@@ -43,7 +43,7 @@ from slicer import util as slicer_util
 from .constants import MODEL_TAG
 from .errors import Cancelled, InputError, KneeSegError
 from .infer import available_devices
-from .modelfile import LoadedModel, ModelEntry, default_model, list_models, load_model
+from .modelfile import LoadedModel, ModelEntry, default_model, format_metrics, list_models, load_model
 from .mrml import image_from_volume_node, volume_node_from_image
 from .pipeline import SegmentationResult, SegmentationSettings, run_segmentation
 from .preprocess import RoiBox
@@ -289,21 +289,6 @@ class ModelChoice:
     path: Path
     metrics: str
     description: str
-
-
-def format_metrics(metrics: dict, limit: int = 8) -> str:
-    """``{"dice": {"Femur": 0.95}, "hd95_mm": 2.1}`` → ``"dice Femur 0.950, hd95_mm 2.10"`` (numbers only)."""
-    items: list[str] = []
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix} {k}".strip(), v)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            items.append(f"{prefix} {value:.3f}" if abs(value) < 10 else f"{prefix} {value:.1f}")
-
-    walk("", metrics or {})
-    return ", ".join(items[:limit]) + (", …" if len(items) > limit else "") if items else "no validation metrics"
 
 
 class SegmentationLogic:

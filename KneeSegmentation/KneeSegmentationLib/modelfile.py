@@ -342,3 +342,31 @@ def default_model(roots: Iterable[Path] | None = None) -> ModelEntry:
             if e.path.name == pinned and e.path.parent.name == name:
                 return e
     return max((e for e in entries if e.name == name), key=lambda e: e.version)
+
+
+def format_metrics(metrics: dict, limit: int = 8) -> str:
+    """A model's validation metrics in one line for the picker.
+
+    The trainer's evaluation (``{"rendered": {map: {bone: {"dice": …, "hd95_mm": …}}}}``) gives the mean Dice per
+    evaluated label map and bone, the figure a user compares versions by: ``"Dice t2_left: Femur 0.908, Tibia
+    0.910; …"``. Other layouts are flattened, numbers only: ``{"dice": {"Femur": 0.95}, "hd95_mm": 2.1}`` →
+    ``"dice Femur 0.950, hd95_mm 2.10"``.
+    """
+    rendered = (metrics or {}).get("rendered")
+    if isinstance(rendered, dict) and rendered:
+        per_map = [f"{name}: " + ", ".join(f"{bone} {m['dice']:.3f}" for bone, m in bones.items()
+                                           if isinstance(m, dict) and "dice" in m)
+                   for name, bones in rendered.items() if isinstance(bones, dict)]
+        if per_map:
+            return "Dice " + "; ".join(per_map)
+    items: list[str] = []
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix} {k}".strip(), v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            items.append(f"{prefix} {value:.3f}" if abs(value) < 10 else f"{prefix} {value:.1f}")
+
+    walk("", metrics or {})
+    return ", ".join(items[:limit]) + (", …" if len(items) > limit else "") if items else "no validation metrics"

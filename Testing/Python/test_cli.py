@@ -81,3 +81,16 @@ def test_console_script_runs(tiny_model, knee_file, tmp_path):
     proc = subprocess.run([str(exe), "segment", str(tmp_path / "nothing.nrrd"), "-o", str(tmp_path / "n.seg.nrrd")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+
+
+def test_models_lists_versions_with_their_dice_and_marks_the_default(tmp_path, monkeypatch, capsys):
+    from KneeSegmentationLib.modelfile import bundled_models_root, list_models, select_default_model
+
+    monkeypatch.setenv("KNEESEG_USER_MODELS", str(tmp_path))
+    oldest = min(list_models([bundled_models_root()]), key=lambda e: e.version)
+    select_default_model(oldest.path, tmp_path)  # a rollback: the default is no longer the newest
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    marked = [line for line in lines if line.startswith("* ")]
+    assert len(marked) == 1 and marked[0].split()[1] == oldest.card.tag
+    assert any(line.strip().startswith("Dice ") and "Femur 0." in line for line in lines)

@@ -246,6 +246,9 @@ def test_model_choices_show_versions_and_metrics(logic, tiny_model):
     assert format_metrics({"dice": {"Femur": 0.951, "Tibia": 0.94}, "hd95_mm": 12.34}) == \
         "dice Femur 0.951, dice Tibia 0.940, hd95_mm 12.3"
     assert format_metrics({}) == "no validation metrics"
+    evaluation = {"rendered": {"t2_left": {"Femur": {"dice": 0.9076, "hd95_mm": 22.0}, "Tibia": {"dice": 0.91}},
+                               "dess": {"Fibula": {"dice": 0.6077}}}, "evaluation": {"seed": 7}}
+    assert format_metrics(evaluation) == "Dice t2_left: Femur 0.908, Tibia 0.910; dess: Fibula 0.608"
     assert "CPU" in SegmentationLogic.describe_devices()
     assert logic.loaded_model(tiny_model) is logic.loaded_model(str(tiny_model))  # loaded once
 
