@@ -80,19 +80,22 @@ def _segment(args: argparse.Namespace) -> int:
     settings = SegmentationSettings(model=args.model, device=args.device, n4=not args.no_n4, roi=args.roi,
                                     tta=args.tta, uncertainty=args.uncertainty is not None)
     result = _run_with_progress(run_segmentation, image, settings, quiet=args.quiet)
+    timings = {"read": read_s, **result.timings}
     t1 = time.perf_counter()
     if args.output:
-        _write_segmentation(image, result, args.output)
+        _write_segmentation(image, result, args.output)  # the first use of MRML imports it (~1.5 s)
     if args.labelmap:
         write_image(result.labelmap, args.labelmap)
     if args.uncertainty:
         write_image(result.uncertainty, args.uncertainty)
+    timings["write"] = time.perf_counter() - t1
     if args.preview:
+        t2 = time.perf_counter()
         from .preview import write_preview
 
         write_preview(image, result.labelmap, result.joint_center_lps, args.preview,
                       title=f"{args.image.name} — {result.model.tag} on {result.device}")
-    timings = {"read": read_s, **result.timings, "write": time.perf_counter() - t1}
+        timings["preview"] = time.perf_counter() - t2
     _report(result, timings, time.perf_counter() - t0)
     return 0
 
