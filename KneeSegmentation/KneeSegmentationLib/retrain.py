@@ -370,10 +370,7 @@ class RetrainJob:
             raise KneeSegError("the trainer (trainer/) is not installed beside the library "
                                f"(looked in {', '.join(map(str, TRAINER_PARENTS))}); retraining needs it")
         self.train_cases, self.eval_cases, self.held_out = split_cases(cases, s.holdout)
-        try:
-            self._default_before = default_model(self._roots()).path
-        except ModelError:
-            self._default_before = self.parent
+        self._default_before = self._current_default()
         self.family_dir = self.root / self.parent_card.name
         self._before = set(os.listdir(self.family_dir)) if self.family_dir.is_dir() else None
         self._root_existed = self.root.is_dir()
@@ -456,6 +453,16 @@ class RetrainJob:
         pin the model that was the default before the retraining started."""
         if selected_model_path([self.root]) is None:
             select_default_model(self._default_before, self.root)
+
+    def _current_default(self) -> Path:
+        """The default model of the parent's family before retraining (pinned later so that the new version
+        does not become the default just by being the newest). A default of another family (other models
+        installed beside) says nothing about this one: the parent stands in for it."""
+        try:
+            before = default_model(self._roots())
+        except ModelError:
+            return self.parent
+        return before.path if before.name == self.parent_card.name else self.parent
 
     def _roots(self) -> list[Path]:
         roots = [bundled_models_root(), self.root, self.parent.parent.parent]

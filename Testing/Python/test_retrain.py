@@ -84,6 +84,16 @@ def test_finetune_in_a_child_process_adds_a_version_and_keeps_the_parent(setup, 
     assert not any(p.name.startswith(".") for p in (user / "tiny-retrain").iterdir())
 
 
+def test_a_version_not_made_default_leaves_the_parent_default_beside_other_model_families(setup, tmp_path):
+    """The bundled knee-bones models are installed too (another family, which may sort first): the version
+    kept back must still not become this family's default just by being its newest."""
+    user = tmp_path / "user"
+    status = RetrainJob(settings(setup, user, steps=1, make_default="no")).start().wait(timeout=240)
+    assert status.phase == "done", status.error
+    assert not status.result.made_default
+    assert default_model([setup["bundled"], user]).path.resolve() == setup["parent"].resolve()
+
+
 def test_stop_mid_training_kills_the_tree_and_leaves_no_partial_model(setup, tmp_path):
     user = tmp_path / "user"
     job = RetrainJob(settings(setup, user, steps=100000)).start()
