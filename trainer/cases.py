@@ -7,7 +7,6 @@ problem is reported as a ``DatasetError`` that names the case and what is wrong 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import SimpleITK as sitk
 from KneeSegmentationLib.cases import IMAGE_FILE, LABEL_FILE, META_FILE, geometry_mismatch
 from KneeSegmentationLib.constants import NUM_CLASSES
 from KneeSegmentationLib.errors import DatasetError
+from KneeSegmentationLib.files import read_json_object
 from KneeSegmentationLib.preprocess import model_grid_around, prepare_input, resample_to_grid
 
 from .generator import Sample
@@ -47,15 +47,7 @@ def load_case(folder: Path) -> Case:
     name = folder.name
     image = _read(folder / IMAGE_FILE, "image", name)
     label = _read(folder / LABEL_FILE, "label map", name)
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        raise DatasetError(f"case {name}: {META_FILE} is missing")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"case {name}: {META_FILE} is malformed ({e})") from e
-    if not isinstance(meta, dict):
-        raise DatasetError(f"case {name}: {META_FILE} must hold a JSON object")
+    meta = read_json_object(folder / META_FILE, DatasetError, f"case {name}'s {META_FILE}")
     if image.GetDimension() != 3 or label.GetDimension() != 3:
         raise DatasetError(f"case {name}: image and label map must be 3D")
     if label.GetPixelID() != sitk.sitkUInt8:

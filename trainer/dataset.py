@@ -24,6 +24,7 @@ import SimpleITK as sitk
 
 from KneeSegmentationLib.constants import FEMUR, TIBIA
 from KneeSegmentationLib.errors import DatasetError
+from KneeSegmentationLib.files import read_json_object, sha256_of
 from KneeSegmentationLib.pipeline import joint_center
 from KneeSegmentationLib.preprocess import model_grid_around, physical_bounds
 
@@ -63,14 +64,6 @@ def mskt_sources(data_dir: Path) -> list[SourceMap]:
 
 
 # ------------------------------------------------------------------------------------------------ prepare
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_source(src: SourceMap) -> sitk.Image:
     """Reads and checks one source label map (3D, integer, with femur and tibia)."""
     if not src.path.is_file():
@@ -187,7 +180,7 @@ def prepare_map(src: SourceMap, spacing: float = PREPARE_SPACING_MM) -> tuple[si
     counts = np.bincount(target.ravel(), minlength=4)
     entry = {
         "id": src.id, "role": src.role, "file": f"{src.id}.nrrd", "note": src.note,
-        "source": src.path.name, "source_sha256": _sha256(src.path),
+        "source": src.path.name, "source_sha256": sha256_of(src.path),
         "source_size": list(image.GetSize()), "source_spacing_mm": [round(s, 4) for s in image.GetSpacing()],
         "size": list(out.GetSize()), "origin_lps": list(out.GetOrigin()), "spacing_mm": spacing,
         "voxels": {"femur": int(counts[1]), "tibia": int(counts[2]), "fibula": int(counts[3])},
@@ -214,7 +207,7 @@ def prepare(sources: list[SourceMap], out_dir: Path, spacing: float = PREPARE_SP
             image, entry = prepare_map(src, spacing)
             entry["file_sha256"] = ""
             sitk.WriteImage(image, str(tmp / entry["file"]), useCompression=True)
-            entry["file_sha256"] = _sha256(tmp / entry["file"])
+            entry["file_sha256"] = sha256_of(tmp / entry["file"])
             entries.append(entry)
         manifest = {
             "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -258,11 +251,8 @@ def read_manifest(folder: Path) -> dict:
         raise DatasetError(f"dataset folder {folder} not found; create it with `python -m trainer prepare`")
     if not path.is_file():
         raise DatasetError(f"{folder} has no {MANIFEST}; not a dataset made by `python -m trainer prepare`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{path}: malformed manifest ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("maps"), list):
+    manifest = read_json_object(path, DatasetError, "the dataset manifest")
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("maps"), list):
         raise DatasetError(f"{path}: not a {FORMAT} manifest")
     return manifest
 
@@ -282,7 +272,7 @@ def load_dataset(folder: Path, roles: tuple[str, ...] = ("train", "val")) -> lis
         path = folder / file
         if not path.is_file():
             raise DatasetError(f"{path} listed in the manifest is missing")
-        if entry.get("file_sha256") and _sha256(path) != entry["file_sha256"]:
+        if entry.get("file_sha256") and sha256_of(path) != entry["file_sha256"]:
             raise DatasetError(f"{path}: checksum differs from the manifest (modified or damaged)")
         image = sitk.ReadImage(str(path))
         arr = sitk.GetArrayFromImage(image)

@@ -15,7 +15,6 @@ or from a shell: ``python -m trainer.mskt`` prints the folder.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from KneeSegmentationLib.errors import DatasetError
+from KneeSegmentationLib.files import sha256_of
 
 MSKT_VERSION = "0.1.22"
 SDIST_NAME = f"mskt-{MSKT_VERSION}.tar.gz"
@@ -71,24 +71,16 @@ def _is_complete(data: Path) -> bool:
             and dicom.is_dir() and len(list(dicom.glob("*.dcm"))) == DICOM_FILE_COUNT)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _ensure_sdist(cache: Path) -> Path:
     """The verified sdist in the cache; downloads it with pip (source only) if it is absent."""
     target = cache / SDIST_NAME
     if target.is_file():
-        if _sha256(target) == SDIST_SHA256:
+        if sha256_of(target) == SDIST_SHA256:
             return target
         target.unlink()  # a corrupt or foreign file: fetch again rather than trust it
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
         got = _pip_download(Path(tmp))
-        digest = _sha256(got)
+        digest = sha256_of(got)
         if digest != SDIST_SHA256:
             raise DatasetError(f"{SDIST_NAME} has SHA-256 {digest}, expected {SDIST_SHA256}; refusing to use it.")
         os.replace(got, target)

@@ -1,4 +1,6 @@
-"""Permissions of files written atomically.
+"""Small file helpers shared by the library and the trainer: checksums, JSON records, permissions.
+
+Permissions of files written atomically:
 
 ``tempfile.mkstemp`` and ``mkdtemp`` create private entries (0600, 0700) so that nobody can read a half-written
 file; after the rename that privacy would stay, and a model, case or segmentation in a shared lab folder would be
@@ -7,8 +9,12 @@ under the user's umask, before they are renamed into place.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
+
+CHUNK = 1 << 20  # bytes read at a time when hashing (model weights, sdists)
 
 
 def _umask() -> int:
@@ -32,3 +38,26 @@ def usual_permissions(path: str | os.PathLike) -> None:
     entries = [path, *path.rglob("*")] if path.is_dir() else [path]
     for entry in entries:
         entry.chmod((0o777 if entry.is_dir() else 0o666) & ~mask)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in chunks (weights and archives need not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json_object(path: Path, error: type[Exception], what: str) -> dict:
+    """The JSON object in ``path``; a missing, unreadable or malformed file, or one holding something other
+    than an object, raises ``error`` with a message naming ``what`` it should have been."""
+    if not path.is_file():
+        raise error(f"{path}: {what} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: {what} is malformed ({e})") from e
+    if not isinstance(data, dict):
+        raise error(f"{path}: {what} must hold a JSON object")
+    return data

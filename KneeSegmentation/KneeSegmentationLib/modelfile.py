@@ -8,7 +8,6 @@ A version folder is created by an atomic rename and never written again, so no m
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .constants import BONES, NUM_CLASSES
 from .errors import ModelError
-from .files import usual_permissions
+from .files import read_json_object, sha256_of, usual_permissions
 from .network import UNet3D, UNetConfig
 
 FORMAT = "kneeseg-model/1"
@@ -130,14 +129,6 @@ class LoadedModel:
     path: Path
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _refuse_pickles(path: Path) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelError(f"{path.name}: pickled model files are refused (they can execute code); "
@@ -152,16 +143,9 @@ def _refuse_pickles(path: Path) -> None:
 def read_card(model_dir: Path | str) -> ModelCard:
     """Reads and validates ``model.json`` of a version folder (does not touch the weights)."""
     model_dir = Path(model_dir)
-    card_path = model_dir / CARD_FILE
-    if not card_path.is_file():
+    if not (model_dir / CARD_FILE).is_file():
         raise ModelError(f"{model_dir}: no {CARD_FILE} (not a KneeSegmentation model folder)")
-    try:
-        data = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{card_path}: unreadable model card ({e})") from e
-    if not isinstance(data, dict):
-        raise ModelError(f"{card_path}: model card is not a JSON object")
-    return ModelCard.from_dict(data)
+    return ModelCard.from_dict(read_json_object(model_dir / CARD_FILE, ModelError, "the model card"))
 
 
 def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedModel:

@@ -108,7 +108,7 @@ def test_malformed_cards_and_weights(tmp_path):
         load_model(tmp_path / "missing")
     path = save_model(UNet3D(CONFIG), _card(), tmp_path)
     (path / CARD_FILE).write_text("{not json")
-    with pytest.raises(ModelError, match="unreadable"):
+    with pytest.raises(ModelError, match="model card is malformed"):
         read_card(path)
     (path / CARD_FILE).write_text(json.dumps({"format": "other"}))
     with pytest.raises(ModelError, match="not a KneeSegmentation model card"):
