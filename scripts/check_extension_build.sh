@@ -62,8 +62,10 @@ installed = {p.relative_to(modules.parent).as_posix() for p in modules.parent.rg
              if p.is_file() and p.suffix != ".pyc"}
 expected = {"qt-scripted-modules/" + p.relative_to(repo / "KneeSegmentation").as_posix()
             for p in (repo / "KneeSegmentation").rglob("*.py") if "__pycache__" not in p.parts}
+# Resources the module reads (not the catalogue's screenshots) and the trainer's code (not its README).
 expected |= {p.relative_to(repo).as_posix() for d in ("Resources", "trainer") for p in (repo / d).rglob("*")
-             if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".") and p.suffix != ".pyc"}
+             if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".") and p.suffix != ".pyc"
+             and "Screenshots" not in p.parts and not (d == "trainer" and p.suffix != ".py")}
 assert installed == expected, f"missing: {sorted(expected - installed)}; extra: {sorted(installed - expected)}"
 assert resources.ui_file().is_file() and resources.icon_file().is_file()
 assert resources.knee_sample().path.is_file()
