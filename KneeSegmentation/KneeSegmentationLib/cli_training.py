@@ -73,26 +73,13 @@ def read_labels(path: Path, image: sitk.Image) -> tuple[sitk.Image, str | None]:
             return sitk.ReadImage(str(path)), None
         except RuntimeError as e:
             raise KneeSegError(f"{path}: unreadable labelmap ({str(e).strip().splitlines()[-1]})") from e
-    from .constants import MODEL_TAG
     from .mrml import create_scene, volume_node_from_image
-    from .segments import load_segmentation, segmentation_to_labelmap
+    from .segments import load_segmentation, model_tag_of, segmentation_to_labelmap
 
     scene = create_scene()
     volume = volume_node_from_image(scene, image, "image")
     node = load_segmentation(scene, path)
-    return segmentation_to_labelmap(node, volume), segment_model_tag(node, MODEL_TAG)
-
-
-def segment_model_tag(segmentation_node, tag_name: str) -> str | None:
-    """The value of ``tag_name`` on the first segment that has it (the model that made the segments)."""
-    import vtk
-
-    segmentation = segmentation_node.GetSegmentation()
-    for i in range(segmentation.GetNumberOfSegments()):
-        value = vtk.reference("")
-        if segmentation.GetNthSegment(i).GetTag(tag_name, value) and value.get():
-            return str(value.get())
-    return None
+    return segmentation_to_labelmap(node, volume), model_tag_of(node)
 
 
 def save_case_command(a: argparse.Namespace) -> int:

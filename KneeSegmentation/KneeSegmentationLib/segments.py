@@ -43,6 +43,17 @@ def _style_segment(segment, bone: Bone, model_tag: str | None) -> None:
         segment.SetTag(MODEL_TAG, model_tag)
 
 
+def model_tag_of(segmentation_node) -> str | None:
+    """The model tag ``_style_segment`` put on the segments (the first segment that has one), or None for
+    segments KneeSegmentation did not make."""
+    segmentation = segmentation_node.GetSegmentation()
+    for i in range(segmentation.GetNumberOfSegments()):
+        value = vtk.reference("")
+        if segmentation.GetNthSegment(i).GetTag(MODEL_TAG, value) and value.get():
+            return str(value.get())
+    return None
+
+
 def labelmap_to_segmentation(scene, labelmap: sitk.Image, reference_volume_node, name: str = "Knee segmentation",
                              segmentation_node=None, model_tag: str | None = None):
     """Creates (or fills ``segmentation_node``, whose segments are replaced) a segmentation node with one

@@ -25,6 +25,7 @@ from .errors import InputError
 from .modelfile import bundled_models_root, default_model, list_models, select_default_model, user_models_root
 from .mrml import image_from_volume_node, volume_node_from_image
 from .retrain import RetrainJob, RetrainSettings, user_metrics_for
+from .segments import model_tag_of
 
 MODEL_OUTPUT_ROLE = "KneeSegmentation.ModelOutput"
 MODEL_OUTPUT_SUFFIX = " model output"
@@ -75,17 +76,6 @@ def model_output_of(segmentation_node) -> tuple[sitk.Image | None, str | None]:
     return image_from_volume_node(node), node.GetAttribute(MODEL_TAG)
 
 
-def _segment_model_tag(segmentation_node) -> str | None:
-    import vtk
-
-    segmentation = segmentation_node.GetSegmentation()
-    for i in range(segmentation.GetNumberOfSegments()):
-        value = vtk.reference("")
-        if segmentation.GetNthSegment(i).GetTag(MODEL_TAG, value) and value.get():
-            return str(value.get())
-    return None
-
-
 def _source_of(volume_node) -> str:
     storage = volume_node.GetStorageNode()
     name = storage.GetFileName() if storage is not None else None
@@ -120,7 +110,7 @@ class TrainingLogic:
         if source is None:
             source = _source_of(volume_node) + (f" (echo {echo + 1})" if echo is not None and echo > 0 else "")
         return save_training_case(image, corrected, self.dataset_dir, original=original, source=source,
-                                  model_tag=tag or _segment_model_tag(segmentation_node))
+                                  model_tag=tag or model_tag_of(segmentation_node))
 
     def cases(self) -> list[CaseInfo]:
         return list_cases(self.dataset_dir)
