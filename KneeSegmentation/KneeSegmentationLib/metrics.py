@@ -8,7 +8,7 @@ calibration error of the predicted probabilities. Conventions, chosen so that ag
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -53,24 +53,25 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float]
     return np.concatenate([_distance_to(b, spacing_zyx)[_surface(a)], _distance_to(a, spacing_zyx)[_surface(b)]])
 
 
-def hd95(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
-    """95th percentile of the symmetric surface distances (mm)."""
+def _surface_statistic(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float],
+                       reduce: Callable[[np.ndarray], float]) -> float:
+    """``reduce`` of the symmetric surface distances; 0 when both masks are empty, inf when one is."""
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     if not a.any() and not b.any():
         return 0.0
     if not a.any() or not b.any():
         return float("inf")
-    return float(np.percentile(surface_distances(a, b, spacing_zyx), 95))
+    return float(reduce(surface_distances(a, b, spacing_zyx)))
+
+
+def hd95(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
+    """95th percentile of the symmetric surface distances (mm)."""
+    return _surface_statistic(a, b, spacing_zyx, lambda d: np.percentile(d, 95))
 
 
 def mean_surface_distance(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
     """Mean of the symmetric surface distances (mm)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    if not a.any() and not b.any():
-        return 0.0
-    if not a.any() or not b.any():
-        return float("inf")
-    return float(surface_distances(a, b, spacing_zyx).mean())
+    return _surface_statistic(a, b, spacing_zyx, np.mean)
 
 
 def volume_error(pred: np.ndarray, truth: np.ndarray) -> float:
