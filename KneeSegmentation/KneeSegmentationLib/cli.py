@@ -105,13 +105,13 @@ def _run_with_progress(run, image, settings, quiet: bool):
 
     cancel = CancelToken()
     with tqdm(total=100, disable=quiet, bar_format="{l_bar}{bar}| {elapsed}", file=sys.stderr, leave=False) as bar:
-        shown: list[tuple[str, int]] = []
+        shown = [("", -1)]  # the (stage, percent) on screen
 
         def progress(fraction: float, stage: str) -> None:
             percent = round(100 * fraction)
-            if shown and shown[-1] == (stage, percent):
+            if shown[0] == (stage, percent):
                 return  # N4 reports every 50 ms: redraw only what changed (a log file would fill up)
-            shown.append((stage, percent))
+            shown[0] = (stage, percent)
             bar.set_description_str(stage, refresh=False)
             bar.n = percent
             bar.refresh()
