@@ -15,7 +15,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from .constants import BONES, CATEGORY_CODE, SNOMED_SCHEME
-from .files import sha256_of  # noqa: F401  (the self-test checks the sample's checksum)
 from .io import read_image
 from .logic import OutputNotEmpty, SegmentationLogic, scene_node_ids, segment_names
 from .mrml import volume_node_from_image

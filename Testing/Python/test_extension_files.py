@@ -217,11 +217,12 @@ def test_dependency_check_sees_what_is_missing(monkeypatch):
 
 
 def test_sample_registration_data_points_at_the_bundled_sample():
-    from KneeSegmentationLib import resources, selftests
+    from KneeSegmentationLib import resources
+    from KneeSegmentationLib.files import sha256_of
 
     sample = resources.knee_sample()
     assert sample.uri.startswith("file://") and sample.path.is_file() and sample.thumbnail.is_file()
-    assert sample.checksum == "SHA256:" + selftests.sha256_of(sample.path)
+    assert sample.checksum == "SHA256:" + sha256_of(sample.path)
     assert resources.ui_file().is_file() and resources.icon_file().is_file()
 
 

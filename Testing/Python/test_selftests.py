@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from KneeSegmentationLib import selftests
 from KneeSegmentationLib.constants import BONES
+from KneeSegmentationLib.files import sha256_of
 from KneeSegmentationLib.io import write_image
 from KneeSegmentationLib.logic import SegmentationLogic, scene_node_ids
 from KneeSegmentationLib.modelfile import bundled_models_root, list_models
@@ -60,7 +61,7 @@ def test_selftest_checks_can_fail(scene, tiny_model, phantom_sample, tmp_path):
 
 def test_real_sample_is_intact_and_loads(scene):
     expected = (SAMPLE.parent / (SAMPLE.name + ".sha256")).read_text().split()[0]
-    assert selftests.sha256_of(SAMPLE) == expected
+    assert sha256_of(SAMPLE) == expected
     before = scene_node_ids(scene)
     volume = selftests.load_sample(scene, SAMPLE)
     assert scene_node_ids(scene) - before  # added a volume
