@@ -20,7 +20,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from .constants import FEMUR, TIBIA
-from .errors import InputError
 from .infer import choose_device, entropy, predict_probabilities
 from .io import validate_image
 from .modelfile import LoadedModel, default_model, load_model
