@@ -16,7 +16,6 @@ import csv
 import itertools
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 
 from KneeSegmentationLib.constants import BONES
 from KneeSegmentationLib.errors import DatasetError
+from KneeSegmentationLib.files import write_text_atomically
 from KneeSegmentationLib.infer import predict_probabilities
 from KneeSegmentationLib.metrics import (dice, expected_calibration_error, hd95, mean_surface_distance,
                                          volume_error)
@@ -238,8 +238,6 @@ def evaluate(model_path: Path | None, dataset: Path, out_dir: Path, run: Path | 
             data = fetch_mskt()
         metrics["echo_consistency"] = echo_consistency(model, Path(data) / "MESE_T2_dicom_data_anon", out_dir,
                                                        max_echoes)
-    tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "metrics.json")
+    write_text_atomically(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
     log(json.dumps(metrics, indent=2, default=float))
     return metrics

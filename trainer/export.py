@@ -16,6 +16,7 @@ import torch
 
 from KneeSegmentationLib.constants import BONES
 from KneeSegmentationLib.errors import DatasetError
+from KneeSegmentationLib.files import write_text_atomically
 from KneeSegmentationLib.modelfile import ModelCard, Preprocessing, bundled_models_root, save_model
 from KneeSegmentationLib.network import UNet3D, UNetConfig, count_parameters
 
@@ -122,8 +123,4 @@ def write_model_card_md(folder: Path, card: ModelCard, notes: str = "") -> Path:
                 lines.append("")
     if notes:
         lines += [notes, ""]
-    path = Path(folder) / MODEL_CARD_MD
-    tmp = path.with_name(f".{MODEL_CARD_MD}.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomically(Path(folder) / MODEL_CARD_MD, "\n".join(lines) + "\n")

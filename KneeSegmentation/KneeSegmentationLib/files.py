@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 CHUNK = 1 << 20  # bytes read at a time when hashing (model weights, sdists)
@@ -61,3 +62,19 @@ def read_json_object(path: Path, error: type[Exception], what: str) -> dict:
     if not isinstance(data, dict):
         raise error(f"{path}: {what} must hold a JSON object")
     return data
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` to a temporary file beside ``path``, then renames it into place: a reader (or a crash)
+    never sees half a file, and two writers never share a temporary name."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        usual_permissions(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .constants import BONES, NUM_CLASSES
 from .errors import ModelError
-from .files import read_json_object, sha256_of, usual_permissions
+from .files import read_json_object, sha256_of, usual_permissions, write_text_atomically
 from .network import UNet3D, UNetConfig
 
 FORMAT = "kneeseg-model/1"
@@ -289,12 +289,7 @@ def select_default_model(model_dir: Path | str, root: Path | str | None = None) 
     root = Path(root) if root is not None else user_models_root()
     root.mkdir(parents=True, exist_ok=True)
     data = {"path": str(model_dir), "tag": card.tag, "selected": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    fd, tmp = tempfile.mkstemp(prefix=".selection-", suffix=".json", dir=root)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2) + "\n")
-    usual_permissions(tmp)
-    os.replace(tmp, root / SELECTION_FILE)
-    return root / SELECTION_FILE
+    return write_text_atomically(root / SELECTION_FILE, json.dumps(data, indent=2) + "\n")
 
 
 def next_version(name: str, roots: Iterable[Path] | None = None) -> int:

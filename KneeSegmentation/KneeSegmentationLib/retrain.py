@@ -48,7 +48,7 @@ from typing import Sequence
 from .cases import IMAGE_FILE, LABEL_FILE, list_cases, default_dataset_dir
 from .constants import BONES
 from .errors import DatasetError, KneeSegError, ModelError
-from .files import usual_permissions
+from .files import write_text_atomically
 from .modelfile import (VERSION_DIR, bundled_models_root, default_model, read_card, select_default_model, selected_model_path,
                         user_models_root)
 
@@ -312,11 +312,7 @@ def record_user_metrics(root: Path, model_dir: Path, record: dict) -> None:
     """Adds one record to ``user_metrics.json`` (temp file + rename; earlier records are kept)."""
     data = read_user_metrics(root)
     data[str(Path(model_dir).resolve())] = record
-    fd, tmp = tempfile.mkstemp(prefix=".user_metrics-", suffix=".json", dir=root)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2) + "\n")
-    usual_permissions(tmp)
-    os.replace(tmp, Path(root) / USER_METRICS_FILE)
+    write_text_atomically(Path(root) / USER_METRICS_FILE, json.dumps(data, indent=2) + "\n")
 
 
 def decide_default(new: dict, parent: dict, held_out: bool, make_default: str) -> tuple[bool, str]:
@@ -560,9 +556,7 @@ def _compare_main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--no-n4", action="store_true")
     a = p.parse_args(argv)
     result = compare_on_cases(a.models, a.cases, a.device, n4=not a.no_n4)
-    tmp = a.out.with_name(f".{a.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, a.out)
+    write_text_atomically(a.out, json.dumps(result, indent=2) + "\n")
     return 0
 
 
