@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 CHUNK = 1 << 20  # bytes read at a time when hashing (model weights, sdists)
 
@@ -64,17 +65,23 @@ def read_json_object(path: Path, error: type[Exception], what: str) -> dict:
     return data
 
 
-def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Writes ``text`` to a temporary file beside ``path``, then renames it into place: a reader (or a crash)
-    never sees half a file, and two writers never share a temporary name."""
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
+    """Lets ``write`` fill a temporary file beside ``path``, then renames it into place: a reader (or a crash)
+    never sees half a file, and two writers never share a temporary name. ``suffix`` keeps the extension that
+    writers choosing their format by file name (ITK, MRML storage nodes) need."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        write(Path(tmp))
         usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """``write_atomically`` for UTF-8 text (JSON records, model cards)."""
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -7,8 +7,6 @@ trip exact (without a reference the export is cropped to the segments' extent).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ import slicer
 
 from .constants import BONES, CATEGORY_CODE, CATEGORY_MEANING, MODEL_TAG, SNOMED_SCHEME, TERMINOLOGY_CONTEXT, Bone
 from .errors import InputError
-from .files import usual_permissions
+from .files import write_atomically
 from .mrml import image_from_volume_node, segmentations_logic, volume_node_from_image
 
 
@@ -154,19 +152,14 @@ def save_segmentation(segmentation_node, path: str | Path) -> Path:
     if not path.name.endswith(".seg.nrrd"):
         raise InputError(f"{path.name}: a segmentation file must end with .seg.nrrd")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".seg.nrrd", dir=path.parent, prefix=".tmp-")
-    os.close(fd)
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(tmp)
-    try:
+
+    def write(tmp: Path) -> None:
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(tmp))
         if not storage.WriteData(segmentation_node):
             raise InputError(f"could not write {path}")
-        usual_permissions(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+
+    return write_atomically(path, write, suffix=".seg.nrrd")
 
 
 def load_segmentation(scene, path: str | Path, name: str | None = None):
