@@ -34,7 +34,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .cases import IMAGE_FILE, LABEL_FILE, list_cases, default_dataset_dir
+from .children import TRAINER_PARENTS, default_python, kill_tree, log_tail, spawn, trainer_parent
 from .constants import BONES
 from .errors import DatasetError, KneeSegError, ModelError
 from .files import write_text_atomically
@@ -55,12 +55,7 @@ from .modelfile import (VERSION_DIR, bundled_models_root, default_model, read_ca
 SYNTH_DATASET_ENV = "KNEESEG_SYNTH_DATASET"
 USER_METRICS_FILE = "user_metrics.json"
 HOLDOUT_EVERY = 4  # every 4th case (by name) is held out for the comparison; at least one if there are two
-STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long
-LOG_TAIL_CHARS = 2000
 WRITTEN_LINE = re.compile(r"fine-tuned model written to (.+)$", re.M)
-LIB_PARENT = Path(__file__).resolve().parents[1]  # the folder holding KneeSegmentationLib/
-# Where ``trainer/`` may be: the repository root of a checkout, or beside the library in an installed extension.
-TRAINER_PARENTS = (LIB_PARENT.parent, LIB_PARENT)
 PHASES = ("starting", "training", "evaluating", "done", "failed", "stopped")
 
 
@@ -123,83 +118,6 @@ class RetrainStatus:
         if self.phase == "done":
             return 1.0
         return 0.9 * min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
-
-
-# ------------------------------------------------------------------------------------------ processes
-def default_python() -> str:
-    """The interpreter for the children: ``PythonSlicer`` inside Slicer (whose ``sys.executable`` may be the
-    application itself), else this interpreter."""
-    if "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app"):
-        found = shutil.which("PythonSlicer", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                                   os.environ.get("PATH", "")]))
-        if found:
-            return found
-    return sys.executable
-
-
-def trainer_parent() -> Path | None:
-    """The folder from which ``python -m trainer`` works, or None if the trainer is not installed."""
-    return next((p for p in TRAINER_PARENTS if (p / "trainer" / "__main__.py").is_file()), None)
-
-
-def _child_env() -> dict:
-    """The child finds the library and the trainer whether or not they are installed (as in Slicer)."""
-    env = dict(os.environ)
-    paths = [str(p) for p in dict.fromkeys([trainer_parent() or LIB_PARENT, LIB_PARENT])]
-    env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def spawn(command: Sequence[str], log_path: Path) -> subprocess.Popen:
-    """Starts ``command`` in its own session / process group, output appended to ``log_path``."""
-    kwargs: dict = {}
-    if os.name == "posix":
-        kwargs["start_new_session"] = True
-    else:
-        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=_child_env(), cwd=str(log_path.parent), **kwargs)
-
-
-def kill_tree(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
-    """Ends ``proc`` and every process it started (its whole process group): TERM, then KILL after
-    ``grace_s``; the group is KILLed in any case, so that no grandchild (a DataLoader worker, torchrun's
-    ranks) outlives its leader."""
-    if os.name != "posix":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
-        proc.wait(10.0)
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        if sig == signal.SIGTERM:
-            try:
-                proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-    proc.wait(10.0)
-
-
-def process_group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return text[-chars:]
 
 
 # ------------------------------------------------------------------------------------------- progress
@@ -418,10 +336,10 @@ class RetrainJob:
         if self._phase == "training":
             self._refresh_progress()
             self._t_train_end = time.perf_counter()
-            log = _tail(self._work / "train.log", 1 << 16)
+            log = log_tail(self._work / "train.log", 1 << 16)
             found = WRITTEN_LINE.findall(log)
             if code != 0 or not found:
-                self._fail(f"fine-tuning failed (exit status {code}):\n{_tail(self._work / 'train.log')}")
+                self._fail(f"fine-tuning failed (exit status {code}):\n{log_tail(self._work / 'train.log')}")
                 return
             self.new_model = Path(found[-1].strip())
             self._keep_current_default()
@@ -436,7 +354,7 @@ class RetrainJob:
             return
         if code != 0 or not (self._work / "compare.json").is_file():
             self._fail(f"the comparison failed (exit status {code}); the new version {self.new_model} is kept but "
-                       f"not made default:\n{_tail(self._work / 'compare.log')}")
+                       f"not made default:\n{log_tail(self._work / 'compare.log')}")
             return
         try:
             self._register(json.loads((self._work / "compare.json").read_text(encoding="utf-8")))

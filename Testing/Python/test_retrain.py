@@ -15,8 +15,9 @@ from KneeSegmentationLib.cases import save_training_case
 from KneeSegmentationLib.modelfile import (ModelCard, Preprocessing, default_model, next_version, save_model,
                                            select_default_model, sha256_of)
 from KneeSegmentationLib.network import UNet3D, UNetConfig
-from KneeSegmentationLib.retrain import (RetrainJob, RetrainSettings, decide_default, process_group_alive,
-                                         read_progress, split_cases, user_metrics_for)
+from KneeSegmentationLib.children import process_group_alive
+from KneeSegmentationLib.retrain import (RetrainJob, RetrainSettings, decide_default, read_progress, split_cases,
+                                         user_metrics_for)
 from phantom import centered_grid, phantom_image, phantom_labels
 from trainer_data import make_tiny_dataset
 
