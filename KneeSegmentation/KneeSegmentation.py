@@ -1,4 +1,4 @@
-"""KneeSegmentation: Femur, Tibia and Fibula segments from a knee MRI, with one button.
+"""KneeSegmentation: Femur, Tibia, Fibula and Patella segments from a knee MRI, with one button.
 
 The only file of the extension that imports qt, ctk, slicer.app or ScriptedLoadableModule. It is thin: the
 panel (Resources/UI/KneeSegmentation.ui) is bound to a parameter node; the work is done by
@@ -57,7 +57,7 @@ class KneeSegmentation(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["KneeSegmentation developers"]
         self.parent.helpText = _("""
-Segments the <b>Femur</b>, <b>Tibia</b> and <b>Fibula</b> of a knee MRI (any orientation, any contrast the
+Segments the <b>Femur</b>, <b>Tibia</b>, <b>Fibula</b> and <b>Patella</b> of a knee MRI (any orientation, any contrast the
 model was trained for) into an editable segmentation. Select the input volume (and the echo of a multi-echo
 series loaded as a MultiVolume or a Sequence), optionally an ROI box around the knee, and click <b>Apply</b>. The work runs in the background;
 <b>Cancel</b> stops it and leaves the scene unchanged. Open the result in the Segment Editor to correct it.

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from KneeSegmentationLib.constants import FEMUR, TIBIA
+from KneeSegmentationLib.constants import BONES, FEMUR, TIBIA
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import read_json_object, sha256_of
-from KneeSegmentationLib.pipeline import joint_center
-from KneeSegmentationLib.preprocess import model_grid_around, physical_bounds
+from KneeSegmentationLib.preprocess import joint_center, model_grid_around, physical_bounds
 
 from . import ranges as R
 from . import tissues as T
@@ -34,7 +33,7 @@ from . import tissues as T
 FORMAT = "kneeseg-synth-dataset/1"
 MANIFEST = "manifest.json"
 PREPARE_SPACING_MM = 0.75
-FIBULA_POINTS = 64  # fibula voxel positions stored per map, to centre fibula crops cheaply
+BONE_POINTS = 96  # voxel positions stored per bone and map, to centre crops anywhere along a bone cheaply
 UNSET = 255  # marks "outside the source map" while resampling
 
 
@@ -47,6 +46,8 @@ class SourceMap:
     role: str  # "train" or "val"
     labels: dict[int, str] = field(default_factory=lambda: dict(T.MSKT_LABELS))
     note: str = ""
+    meta: dict = field(default_factory=dict)  # provenance for the manifest: source, licence, seed, side
+    spacing_mm: float | None = None  # prepare on this grid instead of the dataset's (large shape-model maps)
 
 
 def mskt_sources(data_dir: Path) -> list[SourceMap]:
@@ -160,6 +161,7 @@ def prepare_map(src: SourceMap, spacing: float = PREPARE_SPACING_MM) -> tuple[si
     """One source map -> (generation label image on an identity grid, manifest entry)."""
     image = read_source(src)
     names = _names_image(image, src)
+    spacing = float(src.spacing_mm or spacing)
     grid = _identity_grid(image, spacing)
     resampled = sitk.Resample(names, grid, sitk.Transform(), sitk.sitkNearestNeighbor, UNSET, sitk.sitkUInt8)
     arr = sitk.GetArrayFromImage(resampled)
@@ -173,21 +175,36 @@ def prepare_map(src: SourceMap, spacing: float = PREPARE_SPACING_MM) -> tuple[si
     center, _ = joint_center(target, out)
     if center is None:
         raise DatasetError(f"{src.path}: no femur or tibia left after resampling")
-    fib = np.argwhere(target == 3)
     rng = np.random.default_rng(seed)
-    pick = fib[rng.choice(len(fib), min(FIBULA_POINTS, len(fib)), replace=False)] if len(fib) else fib
-    fib_pts = [list(out.TransformIndexToPhysicalPoint([int(i) for i in p[::-1]])) for p in pick]
-    counts = np.bincount(target.ravel(), minlength=4)
+    points = {b.name.lower(): _bone_points(target == b.label, out, rng) for b in BONES}
+    counts = np.bincount(target.ravel(), minlength=len(BONES) + 1)
     entry = {
         "id": src.id, "role": src.role, "file": f"{src.id}.nrrd", "note": src.note,
         "source": src.path.name, "source_sha256": sha256_of(src.path),
         "source_size": list(image.GetSize()), "source_spacing_mm": [round(s, 4) for s in image.GetSpacing()],
         "size": list(out.GetSize()), "origin_lps": list(out.GetOrigin()), "spacing_mm": spacing,
-        "voxels": {"femur": int(counts[1]), "tibia": int(counts[2]), "fibula": int(counts[3])},
+        "voxels": {b.name.lower(): int(counts[b.label]) for b in BONES},
         "has_fibula": bool(counts[3] > 0), "joint_center_lps": [float(c) for c in center],
-        "fibula_points_lps": fib_pts,
+        "bone_points_lps": points, "meta": dict(src.meta),
     }
     return out, entry
+
+
+def _bone_points(mask: np.ndarray, grid: sitk.Image, rng: np.random.Generator) -> list[list[float]]:
+    """Up to ``BONE_POINTS`` positions (LPS) spread along the bone: drawn evenly over its slices along the
+    bone's long axis, not over its voxels, so the thin shafts get as many crop centres as the wide condyles."""
+    idx = np.argwhere(mask)
+    if len(idx) == 0:
+        return []
+    axis = int(np.argmax(idx.max(axis=0) - idx.min(axis=0)))  # the bone's long axis on the grid
+    order = np.argsort(idx[:, axis], kind="stable")
+    levels = np.linspace(0, len(order) - 1, min(BONE_POINTS, len(order))).astype(int)
+    chosen = []
+    for rank in levels:  # a random voxel of the slice at this position along the axis
+        level = idx[order[rank], axis]
+        same = np.flatnonzero(idx[:, axis] == level)
+        chosen.append(idx[same[rng.integers(len(same))]])
+    return [list(grid.TransformIndexToPhysicalPoint([int(i) for i in p[::-1]])) for p in chosen]
 
 
 def prepare(sources: list[SourceMap], out_dir: Path, spacing: float = PREPARE_SPACING_MM,
@@ -236,8 +253,12 @@ class LabelMap:
     origin: np.ndarray  # LPS of voxel (0, 0, 0)
     spacing: float
     joint_center: np.ndarray
-    fibula_points: np.ndarray  # (n, 3) LPS
+    bone_points: dict[str, np.ndarray]  # bone name (lower case) -> (n, 3) LPS positions along that bone
     entry: dict
+
+    @property
+    def fibula_points(self) -> np.ndarray:
+        return self.bone_points.get("fibula", np.zeros((0, 3)))
 
     @property
     def has_fibula(self) -> bool:
@@ -255,6 +276,13 @@ def read_manifest(folder: Path) -> dict:
     if manifest.get("format") != FORMAT or not isinstance(manifest.get("maps"), list):
         raise DatasetError(f"{path}: not a {FORMAT} manifest")
     return manifest
+
+
+def _read_points(entry: dict) -> dict[str, np.ndarray]:
+    points = dict(entry.get("bone_points_lps") or {})
+    if "fibula_points_lps" in entry:  # datasets made before crops along every bone
+        points.setdefault("fibula", entry["fibula_points_lps"])
+    return {name: np.array(p, float).reshape(-1, 3) for name, p in points.items() if len(p)}
 
 
 def load_dataset(folder: Path, roles: tuple[str, ...] = ("train", "val")) -> list[LabelMap]:
@@ -286,7 +314,7 @@ def load_dataset(folder: Path, roles: tuple[str, ...] = ("train", "val")) -> lis
         maps.append(LabelMap(
             id=entry["id"], role=role, labels=arr, origin=np.array(image.GetOrigin()),
             spacing=float(image.GetSpacing()[0]), joint_center=np.array(entry["joint_center_lps"], float),
-            fibula_points=np.array(entry.get("fibula_points_lps", []), float).reshape(-1, 3), entry=entry))
+            bone_points=_read_points(entry), entry=entry))
     if not maps:
         raise DatasetError(f"{folder}: no maps with role {' or '.join(roles)}")
     return maps

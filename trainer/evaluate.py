@@ -29,7 +29,7 @@ from KneeSegmentationLib.infer import predict_probabilities
 from KneeSegmentationLib.metrics import (dice, expected_calibration_error, hd95, mean_surface_distance,
                                          volume_error)
 from KneeSegmentationLib.modelfile import LoadedModel, ModelCard, Preprocessing, load_model
-from KneeSegmentationLib.network import UNet3D, UNetConfig
+from KneeSegmentationLib.network import UNet3D, config_of_state
 
 from .config import TrainConfig
 from .dataset import load_dataset
@@ -44,9 +44,10 @@ def model_from_run(run: Path) -> LoadedModel:
     from .train import BEST, load_checkpoint
 
     cfg = TrainConfig.load(Path(run) / "config.json")
-    net_cfg = UNetConfig(in_channels=1, out_channels=len(BONES) + 1, features=tuple(cfg.features))
+    state = load_checkpoint(Path(run) / BEST)["model"]
+    net_cfg = config_of_state(state)
     net = UNet3D(net_cfg)
-    net.load_state_dict(load_checkpoint(Path(run) / BEST)["model"])
+    net.load_state_dict(state)
     card = ModelCard(name="run", version=0, network=net_cfg,
                      preprocessing=Preprocessing((cfg.spacing_mm,) * 3, tuple(cfg.patch), "LPS", dict(cfg.normalization)))
     return LoadedModel(card, net.eval(), Path(run))

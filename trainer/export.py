@@ -14,11 +14,10 @@ from pathlib import Path
 
 import torch
 
-from KneeSegmentationLib.constants import BONES
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import write_text_atomically
 from KneeSegmentationLib.modelfile import ModelCard, Preprocessing, bundled_models_root, save_model
-from KneeSegmentationLib.network import UNet3D, UNetConfig, count_parameters
+from KneeSegmentationLib.network import UNet3D, config_of_state, count_parameters
 
 from . import ranges
 from .config import TrainConfig
@@ -37,6 +36,22 @@ def hardware() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores visible, {gpu}; torch {torch.__version__}"
 
 
+def data_summary(manifest: dict) -> list[dict]:
+    """The dataset in a card: each real map on its own, the shape-model draws counted per role (with seeds)."""
+    out, draws = [], {}
+    for m in manifest["maps"]:
+        meta = m.get("meta") or {}
+        if "seed" in meta:
+            draws.setdefault(m["role"], []).append(int(meta["seed"]))
+        else:
+            out.append({k: m.get(k, "") for k in ("id", "role", "source", "source_sha256", "note")})
+    for role, seeds in sorted(draws.items()):
+        out.append({"id": f"llp26 x{len(seeds)}", "role": role, "source": "LLP26 shape model draws",
+                    "source_sha256": "", "note": f"seeds {min(seeds)}..{max(seeds)} (refused draws skipped), "
+                                                 "MPL-2.0"})
+    return out
+
+
 def run_summary(run: Path, cfg: TrainConfig) -> dict:
     """Training facts of a run folder: steps, time, data, settings."""
     last = load_checkpoint(run / LAST) if (run / LAST).is_file() else {}
@@ -53,13 +68,14 @@ def run_summary(run: Path, cfg: TrainConfig) -> dict:
         "training_time_min": round(last.get("elapsed_s", 0.0) / 60, 1),
         "mean_s_per_step": round(s_per_step, 3) if s_per_step else None,
         "hardware": hardware(),
-        "data": [{k: m[k] for k in ("id", "role", "source", "source_sha256", "note")} for m in manifest["maps"]],
-        "data_source": "label maps of the mskt 0.1.22 sdist (PyPI, MIT per its metadata); images synthesized",
+        "data": data_summary(manifest),
+        "data_source": "label maps of the mskt 0.1.22 sdist (PyPI, MIT per its metadata) and knees drawn from "
+                       "the LLP26 shape model (musculoskeletal-models 0.2.4 sdist, MPL-2.0); images synthesized",
         "settings": {k: v for k, v in cfg.__dict__.items() if k not in ("dataset", "run_dir", "init_model", "cases")},
         "synthesis": synthesis_ranges(),
-        "class_imbalance": "soft Dice averaged equally over the three bones + CE weighted (bg, femur, tibia, "
-                           f"fibula) = {list(cfg.class_weights)} + {ranges.FIBULA_CROP_P:.0%} of crops of the "
-                           "fibula map centred on the fibula",
+        "class_imbalance": "soft Dice averaged equally over the bones + CE weighted (bg, femur, tibia, "
+                           f"fibula, patella) = {list(cfg.class_weights)}; {ranges.BONE_CROP_P:.0%} of the crops "
+                           "centred on a point of a random bone (shafts, fibula and patella included)",
         "best_validation": {k: v for k, v in best.get("validation", {}).items() if k != "cases"},
     }
 
@@ -72,9 +88,10 @@ def export(run: Path, root: Path | None = None, name: str = "knee-bones", versio
     if not (run / BEST).is_file() or not (run / "config.json").is_file():
         raise DatasetError(f"{run} is not a finished training run (no {BEST} or config.json)")
     cfg = TrainConfig.load(run / "config.json")
-    net_cfg = UNetConfig(in_channels=1, out_channels=len(BONES) + 1, features=tuple(cfg.features))
+    state = load_checkpoint(run / BEST)["model"]
+    net_cfg = config_of_state(state)
     net = UNet3D(net_cfg)
-    net.load_state_dict(load_checkpoint(run / BEST)["model"])
+    net.load_state_dict(state)
     metrics = {}
     if eval_dir is not None:
         path = Path(eval_dir) / "metrics.json"
@@ -86,7 +103,7 @@ def export(run: Path, root: Path | None = None, name: str = "knee-bones", versio
     card = ModelCard(
         name=name, version=0, network=net_cfg, parent=parent,
         preprocessing=Preprocessing((cfg.spacing_mm,) * 3, tuple(cfg.patch), "LPS", dict(cfg.normalization)),
-        description=description or "Femur, Tibia and Fibula in knee MRI of any contrast and orientation; "
+        description=description or "Femur, Tibia, Fibula and Patella in knee MRI of any contrast and orientation; "
                                    "3D U-Net trained on images synthesized from real label maps.",
         training=training, metrics=metrics)
     out = save_model(net.eval(), card, root if root is not None else bundled_models_root(), version)

@@ -4,7 +4,7 @@ SynthSeg's idea, on our model grid: sample the generation labels through a rando
 paint each tissue with a random Gaussian intensity, and degrade the result like a scanner would, so that
 the network learns shape, not contrast. Every range comes from ``ranges.py``. The steps:
 
-1. spatial: crop centre near the knee joint (or on the fibula), rotation, scaling, left/right mirror and a
+1. spatial: crop centre near the knee joint or anywhere along a bone (shafts, fibula, patella), rotation, scaling, left/right mirror and a
    smooth elastic field map output voxels to the label map (nearest neighbour);
 2. intensities: per-tissue mean and standard deviation, rendered at ``SUPERSAMPLE`` x the model resolution
    and averaged down (partial volume at tissue borders, e.g. the thin cortical rim);
@@ -85,15 +85,14 @@ class Generator:
     """
 
     def __init__(self, maps: list[LabelMap], spacing: float, crop: tuple[int, int, int],
-                 normalization: dict | None = None, fibula_crop_p: float = R.FIBULA_CROP_P) -> None:
+                 normalization: dict | None = None, bone_crop_p: float = R.BONE_CROP_P) -> None:
         if not maps:
             raise ValueError("the generator needs at least one label map")
         self.maps = maps
         self.spacing = float(spacing)
         self.crop = tuple(int(c) for c in crop)
         self.normalization = dict(normalization or DEFAULT_NORMALIZATION)
-        self.fibula_crop_p = fibula_crop_p
-        self.volumes = [torch.from_numpy(m.labels.astype(np.float32))[None, None] for m in maps]
+        self.bone_crop_p = bone_crop_p
         # Offsets (x, y, z order) of voxel positions of the fine and the model grid, centred on 0, in mm.
         self._fine = [self._axis(n * SUPERSAMPLE, self.spacing / SUPERSAMPLE) for n in self.crop]
 
@@ -103,10 +102,31 @@ class Generator:
 
     # --- spatial ------------------------------------------------------------------------------------
     def _choose_center(self, m: LabelMap, rng: np.random.Generator) -> np.ndarray:
-        if m.has_fibula and rng.random() < self.fibula_crop_p:
-            point = m.fibula_points[rng.integers(len(m.fibula_points))]
-            return point + rng.uniform(-R.FIBULA_CROP_JITTER_MM, R.FIBULA_CROP_JITTER_MM, 3)
+        bones = [b for b in R.BONE_CROP_WEIGHTS if len(m.bone_points.get(b, ()))]
+        if bones and rng.random() < self.bone_crop_p:
+            w = np.array([R.BONE_CROP_WEIGHTS[b] for b in bones])
+            points = m.bone_points[bones[int(rng.choice(len(bones), p=w / w.sum()))]]
+            return points[rng.integers(len(points))] + rng.uniform(-R.BONE_CROP_JITTER_MM, R.BONE_CROP_JITTER_MM, 3)
         return m.joint_center + rng.uniform(-R.CROP_OFFSET_MM, R.CROP_OFFSET_MM, 3)
+
+    @staticmethod
+    def _labels_at(m: LabelMap, grid: torch.Tensor, pool: int = 1) -> torch.Tensor:
+        """Nearest-neighbour labels of ``m`` at a normalized sampling ``grid`` (1, Z, Y, X, 3), averaged over
+        ``pool``^3 grid points first if ``pool`` > 1. Only the box of the map the grid reaches is converted to
+        float, so hundreds of maps stay in memory as uint8."""
+        if pool > 1:
+            grid = F.avg_pool3d(grid.permute(0, 4, 1, 2, 3), pool).permute(0, 2, 3, 4, 1)
+        size = torch.tensor(m.labels.shape[::-1], dtype=torch.float32)  # x, y, z
+        index = (grid.reshape(-1, 3) + 1) / 2 * (size - 1)
+        lo = torch.clamp(torch.floor(index.min(0).values) - 1, min=0).long()
+        hi = torch.minimum(torch.ceil(index.max(0).values) + 2, size).long()
+        if torch.any(hi - lo < 2):
+            return torch.zeros(grid.shape[1:4], dtype=torch.long)
+        sub = m.labels[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+        vol = torch.from_numpy(sub.astype(np.float32))[None, None]
+        local = (index - lo) / (hi - lo - 1).float() * 2 - 1
+        out = F.grid_sample(vol, local.view(grid.shape), mode="nearest", padding_mode="zeros", align_corners=True)
+        return out.long()[0, 0]
 
     def _fine_grid(self, m: LabelMap, center: np.ndarray, matrix: np.ndarray, elastic: torch.Tensor) -> torch.Tensor:
         """Normalized sampling grid (1, Z, Y, X, 3) of the fine output grid into map ``m``."""
@@ -137,7 +157,7 @@ class Generator:
 
     def _sample(self, rng, gen, map_index, center, size) -> Sample:
         if size is not None and tuple(size) != self.crop:
-            return Generator(self.maps, self.spacing, size, self.normalization, self.fibula_crop_p)._sample(
+            return Generator(self.maps, self.spacing, size, self.normalization, self.bone_crop_p)._sample(
                 rng, gen, map_index, center, None)
         mi = int(rng.integers(len(self.maps))) if map_index is None else map_index
         m = self.maps[mi]
@@ -150,15 +170,8 @@ class Generator:
         elastic = torch.randn((3, k, k, k), generator=gen) * R.ELASTIC_STD_MM
 
         fine_grid = self._fine_grid(m, c, matrix, elastic)
-        vol = self.volumes[mi]
-        labels_fine = F.grid_sample(vol, fine_grid, mode="nearest", padding_mode="zeros", align_corners=True)
-        labels_fine = labels_fine.long()[0, 0]
-        if SUPERSAMPLE == 1:
-            labels = labels_fine
-        else:
-            coarse_grid = F.avg_pool3d(fine_grid.permute(0, 4, 1, 2, 3), SUPERSAMPLE).permute(0, 2, 3, 4, 1)
-            labels = F.grid_sample(vol, coarse_grid, mode="nearest", padding_mode="zeros", align_corners=True)
-            labels = labels.long()[0, 0]
+        labels_fine = self._labels_at(m, fine_grid)
+        labels = labels_fine if SUPERSAMPLE == 1 else self._labels_at(m, fine_grid, SUPERSAMPLE)
 
         means, stds = self._tissue_intensities(rng)
         noise = torch.randn(labels_fine.shape, generator=gen)

@@ -3,14 +3,14 @@
 Class imbalance (the 2017 thesis's multi-class net never found the fibula): the soft Dice term is averaged
 with equal weight over the three bones, whatever their size, so the fibula contributes a third of it; the
 cross-entropy gets per-class weights (``DEFAULT_CLASS_WEIGHTS``: fibula x3); and the generator centres a
-share of the crops on the fibula (``ranges.FIBULA_CROP_P``).
+share of the crops on the fibula and the patella (``ranges.BONE_CROP_P``, ``ranges.BONE_CROP_WEIGHTS``).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-DEFAULT_CLASS_WEIGHTS = (1.0, 1.0, 1.0, 3.0)  # background, femur, tibia, fibula
+DEFAULT_CLASS_WEIGHTS = (1.0, 1.0, 1.0, 3.0, 2.0)  # background, femur, tibia, fibula, patella
 DICE_SMOOTH = 1.0  # voxels; keeps the Dice of a bone absent from the whole batch finite
 
 

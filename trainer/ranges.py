@@ -25,9 +25,13 @@ SCALING = 0.15  # per-axis scale factor uniform in [1 - SCALING, 1 + SCALING]
 FLIP_LR_P = 0.5  # probability of mirroring left/right (turns the right-knee maps into left knees)
 ELASTIC_STD_MM = 3.0  # std of the random displacement at the control points...
 ELASTIC_CONTROL_POINTS = 5  # ...of a coarse control grid per axis, upsampled trilinearly (smooth field)
-CROP_OFFSET_MM = 30.0  # a training crop's centre lies within ±this of the knee joint centre (per axis)
-FIBULA_CROP_P = 0.35  # with a fibula-bearing map: probability that the crop is centred on the fibula...
-FIBULA_CROP_JITTER_MM = 15.0  # ...plus this uniform jitter per axis (handles fibula class imbalance)
+CROP_OFFSET_MM = 30.0  # a joint-centred crop's centre lies within ±this of the knee joint centre (per axis)
+# Crops along whole bones: knee-bones v2 saw only crops near the joint and never labelled a shaft beyond
+# ~60 mm from it. With this probability a crop is centred on a point of one bone instead (points spread evenly
+# along each bone's long axis: shafts, the fibula and the patella as often as the condyles)...
+BONE_CROP_P = 0.65
+BONE_CROP_WEIGHTS = {"femur": 1.0, "tibia": 1.0, "fibula": 1.5, "patella": 1.0}  # ...the bone drawn so...
+BONE_CROP_JITTER_MM = 15.0  # ...plus this uniform jitter per axis
 
 # --- Field of view (what the scanner acquired; outside it the image is 0, as at inference) --------------
 FOV_P = 0.7  # probability that the acquired box cuts into the crop at all

@@ -1,7 +1,7 @@
 """Generation labels: the tissues the generator paints, and how they map to the model's classes.
 
-The model predicts background, Femur, Tibia, Fibula (``KneeSegmentationLib.constants``). To render a
-plausible image the generator needs more structure than that: cartilage, menisci, the patella, the dark
+The model predicts background, Femur, Tibia, Fibula, Patella (``KneeSegmentationLib.constants``). To render a
+plausible image the generator needs more structure than that: cartilage, menisci, the dark
 cortical rim of each bone and a few background pseudo-tissues (fluid, muscle, fat, air). Each gets its own
 random intensity per sample; ``TARGET_OF`` maps them back to the model's classes.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from KneeSegmentationLib.constants import FEMUR, FIBULA, TIBIA
+from KneeSegmentationLib.constants import FEMUR, FIBULA, PATELLA, TIBIA
 
 OUTSIDE = 0  # outside the source label map: treated as outside the acquired image (0, like at inference)
 AIR, FAT, MUSCLE, FLUID = 1, 2, 3, 4
@@ -42,6 +42,7 @@ TARGET_OF = np.zeros(NUM_GEN_LABELS, np.int64)
 TARGET_OF[[FEMUR_MARROW, FEMUR_CORTEX]] = FEMUR.label
 TARGET_OF[[TIBIA_MARROW, TIBIA_CORTEX]] = TIBIA.label
 TARGET_OF[[FIBULA_MARROW, FIBULA_CORTEX]] = FIBULA.label
+TARGET_OF[[PATELLA_MARROW, PATELLA_CORTEX]] = PATELLA.label
 
 # The mskt label maps' values (see DESIGN.md): what each means for generation.
 MSKT_LABELS = {

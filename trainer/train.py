@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from KneeSegmentationLib.constants import BONES
+from KneeSegmentationLib.constants import BONES, NUM_CLASSES
 from KneeSegmentationLib.metrics import dice
 from KneeSegmentationLib.modelfile import load_model
-from KneeSegmentationLib.network import UNet3D, UNetConfig
+from KneeSegmentationLib.network import UNet3D, UNetConfig, with_classes
 
 from .config import TrainConfig
 from .dataset import load_dataset
@@ -36,6 +36,7 @@ LAST, BEST, STOP_FILE = "last.pt", "best.pt", "STOP"
 CALIBRATION_STEPS = 30
 VALIDATION_SHARE = 0.93  # fraction of the remaining budget assumed spent on training steps (rest: validation)
 TRAIN_COLUMNS = ["step", "elapsed_s", "lr", "loss", "ce", "dice_loss", "s_per_step"]
+VAL_COLUMNS = ["step", *(f"dice_{b.name.lower()}" for b in BONES), "score"]
 
 
 # ------------------------------------------------------------------------------------------ distributed
@@ -229,9 +230,33 @@ class BatchSource:
 
 
 def build_network(cfg: TrainConfig) -> UNet3D:
+    """A new network of ``cfg``'s widths, or ``cfg.init_model``'s weights; a model made before the Patella
+    class gets a head grown to every class (``with_classes``), since the synthetic images label the patella."""
     if cfg.init_model:
-        return load_model(cfg.init_model).network.train()
-    return UNet3D(UNetConfig(in_channels=1, out_channels=len(BONES) + 1, features=tuple(cfg.features)))
+        net = load_model(cfg.init_model).network
+        if net.config.out_channels < NUM_CLASSES:
+            net = with_classes(net, NUM_CLASSES)
+        return net.train()
+    return UNet3D(UNetConfig(in_channels=1, out_channels=NUM_CLASSES, features=tuple(cfg.features)))
+
+
+def autocast(device: torch.device, cfg: TrainConfig):
+    """Mixed precision: float16 on CUDA; bfloat16 on a CPU that computes it natively (AMX / AVX-512 bf16:
+    a 96^3 step of a 16-32-64-128 U-Net 1.4 s instead of 8.7 s in float32); float32 elsewhere."""
+    if not cfg.amp:
+        return torch.autocast(device_type=device.type, enabled=False)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_fast_bf16())
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU has native bfloat16 matrix units (oneDNN reports AMX or AVX-512 bf16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
 
 
 def train(cfg: TrainConfig, resume: bool = True, log=print) -> dict:
@@ -291,7 +316,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
         log(f"resumed {run / LAST} at step {step}") if d.main else None
     if d.main:
         _rewrite_csv(run / "train.csv", TRAIN_COLUMNS, step)
-        _rewrite_csv(run / "val.csv", ["step", "dice_femur", "dice_tibia", "dice_fibula", "score"], step)
+        _rewrite_csv(run / "val.csv", VAL_COLUMNS, step)
 
     def checkpoint() -> None:
         states = [rng_state(rng, gen)]
@@ -314,7 +339,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
         t0 = time.perf_counter()
         x, y = source.batch(rng, gen)
         x, y = x.to(d.device), y.to(d.device)
-        with torch.autocast(device_type=d.device.type, dtype=torch.float16, enabled=use_amp):
+        with autocast(d.device, cfg):
             logits = model(x)
         loss, parts = dice_ce_loss(logits, y, weights)
         opt.zero_grad(set_to_none=True)
@@ -339,8 +364,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
         flags = torch.zeros(2)
         if d.main and (step % cfg.val_every == 0 or step == cfg.steps):
             res = validate(net, val_samples, d.device)
-            _append_csv(run / "val.csv", ["step", "dice_femur", "dice_tibia", "dice_fibula", "score"],
-                        {"step": step, **res})
+            _append_csv(run / "val.csv", VAL_COLUMNS, {"step": step, **res})
             if res["score"] > best:
                 best, bad = res["score"], 0
                 _atomic_save({"model": net.state_dict(), "step": step, "validation": res}, run / BEST)

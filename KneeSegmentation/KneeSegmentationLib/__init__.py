@@ -1,4 +1,4 @@
-"""KneeSegmentationLib: Femur, Tibia and Fibula segmentation of knee MRI, without Qt.
+"""KneeSegmentationLib: Femur, Tibia, Fibula and Patella segmentation of knee MRI, without Qt.
 
 Stages, one module each: ``io`` (read and validate images) → ``n4`` and ``preprocess`` (bias field, grid,
 normalization) → ``modelfile``/``network`` (safe model files) → ``infer`` (sliding window) → ``postprocess``

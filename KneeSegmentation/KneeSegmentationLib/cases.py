@@ -94,7 +94,7 @@ def _label_array(labelmap: sitk.Image, what: str) -> np.ndarray:
     bad = [v for v in values.tolist() if v < 0 or v >= NUM_CLASSES]
     if bad:
         raise InputError(f"the {what} holds label values {bad[:10]} outside 0–{NUM_CLASSES - 1} "
-                         "(0 background, 1 Femur, 2 Tibia, 3 Fibula)")
+                         "(0 background, 1 Femur, 2 Tibia, 3 Fibula, 4 Patella)")
     return array.astype(np.uint8)
 
 
@@ -109,7 +109,7 @@ def check_case(image: sitk.Image, corrected: sitk.Image,
                          "with the image as reference geometry")
     labels = _label_array(corrected, "corrected labelmap")
     if not labels.any():
-        raise InputError("the corrected segmentation is empty (no Femur, Tibia or Fibula voxel); nothing to learn")
+        raise InputError("the corrected segmentation is empty (no bone voxel); nothing to learn")
     if original is None:
         return labels, None
     why = geometry_mismatch(image, original)

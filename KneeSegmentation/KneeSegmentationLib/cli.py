@@ -41,7 +41,7 @@ def _parse_roi(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kneeseg", description="Femur, Tibia and Fibula segmentation of knee MRI.")
+    parser = argparse.ArgumentParser(prog="kneeseg", description="Femur, Tibia, Fibula and Patella segmentation of knee MRI.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment an image (NRRD, NIfTI, MHA or a DICOM folder)")

@@ -6,7 +6,7 @@
     kneeseg select knee-bones/v1          # or a model folder: the default model from now on (rollback)
 
 The corrected (and original) segmentation may be a Slicer ``.seg.nrrd`` (exported onto the image's grid
-through MRML, exactly) or a labelmap file (0 background, 1 Femur, 2 Tibia, 3 Fibula) on the image's grid.
+through MRML, exactly) or a labelmap file (0 background, 1 Femur, 2 Tibia, 3 Fibula, 4 Patella) on the image's grid.
 """
 from __future__ import annotations
 

@@ -25,11 +25,16 @@ class Bone:
 FEMUR = Bone(1, "Femur", (241 / 255, 214 / 255, 145 / 255), "71341001", "Femur")
 TIBIA = Bone(2, "Tibia", (216 / 255, 132 / 255, 105 / 255), "12611008", "Tibia")
 FIBULA = Bone(3, "Fibula", (111 / 255, 184 / 255, 210 / 255), "87342007", "Fibula")
+# The patella sits in front of the femur's trochlea: a violet that stands apart from the femur's yellow.
+PATELLA = Bone(4, "Patella", (186 / 255, 131 / 255, 222 / 255), "64234005", "Patella")
 
-BONES: tuple[Bone, ...] = (FEMUR, TIBIA, FIBULA)
+BONES: tuple[Bone, ...] = (FEMUR, TIBIA, FIBULA, PATELLA)
 BONE_BY_LABEL: dict[int, Bone] = {b.label: b for b in BONES}
 BONE_BY_NAME: dict[str, Bone] = {b.name: b for b in BONES}
 NUM_CLASSES = len(BONES) + 1  # background + bones
+# Models made before the Patella class predict background, Femur, Tibia and Fibula only; they still load and
+# run (their Patella segment stays empty). A model's classes are always the first ``out_channels`` labels.
+SUPPORTED_CLASS_COUNTS = (4, NUM_CLASSES)
 
 # SNOMED CT category and coding scheme, as used by Slicer's anatomy terminology tables.
 SNOMED_SCHEME = "SCT"

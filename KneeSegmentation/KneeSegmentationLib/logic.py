@@ -1,4 +1,4 @@
-"""Scene-level logic of the Slicer module: a volume node in, a Femur/Tibia/Fibula segmentation node out.
+"""Scene-level logic of the Slicer module: a volume node in, a Femur/Tibia/Fibula/Patella segmentation node out.
 
 No Qt here, so everything below the panel runs (and is tested) under ``slicer-core`` with a real MRML scene.
 The module's ``KneeSegmentationLogic`` holds a ``SegmentationLogic(slicer.mrmlScene)``; tests hold one built on

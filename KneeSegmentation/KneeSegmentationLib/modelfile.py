@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .constants import BONES, NUM_CLASSES
+from .constants import BONES, SUPPORTED_CLASS_COUNTS
 from .errors import ModelError
 from .files import read_json_object, sha256_of, usual_permissions, write_text_atomically
 from .network import UNet3D, UNetConfig
@@ -72,13 +72,17 @@ class ModelCard:
     version: int
     network: UNetConfig
     preprocessing: Preprocessing
-    labels: dict[int, str] = field(default_factory=lambda: {b.label: b.name for b in BONES})
+    labels: dict[int, str] = field(default_factory=dict)  # empty: the network's classes, in ``BONES`` order
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     parent: str | None = None  # "name/vN" this model was fine-tuned from
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     weights_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            self.labels = {b.label: b.name for b in BONES[: self.network.out_channels - 1]}
 
     @property
     def tag(self) -> str:
@@ -140,6 +144,17 @@ def _refuse_pickles(path: Path) -> None:
                          "because loading it could execute code")
 
 
+def check_labels(card: ModelCard, path: Path) -> None:
+    """A model's classes must be the first bones of ``BONES`` in label order (3 bones for models made before
+    the Patella class, 4 since), so a label value means the same bone in every model."""
+    n = card.network.out_channels
+    expected = {b.label: b.name for b in BONES[: n - 1]}
+    if n not in SUPPORTED_CLASS_COUNTS or card.labels != expected:
+        names = "/".join(b.name for b in BONES)
+        raise ModelError(f"{path}: the model's labels {card.labels} do not match {names} "
+                         f"(a model segments the first 3 or all {len(BONES)} of them)")
+
+
 def read_card(model_dir: Path | str) -> ModelCard:
     """Reads and validates ``model.json`` of a version folder (does not touch the weights)."""
     model_dir = Path(model_dir)
@@ -169,8 +184,7 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
     if digest != card.weights_sha256:
         raise ModelError(f"{weights}: checksum mismatch (file {digest[:12]}…, card {card.weights_sha256[:12]}…); "
                          "the file is damaged or was modified")
-    if card.network.out_channels != NUM_CLASSES or sorted(card.labels) != list(range(1, NUM_CLASSES)):
-        raise ModelError(f"{path}: the model's labels {card.labels} do not match Femur/Tibia/Fibula")
+    check_labels(card, path)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:

@@ -11,13 +11,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .constants import NUM_CLASSES
+
 
 @dataclass(frozen=True)
 class UNetConfig:
     """Hyper-parameters of ``UNet3D``; stored in model metadata under ``network``."""
 
     in_channels: int = 1
-    out_channels: int = 4
+    out_channels: int = NUM_CLASSES
     features: tuple[int, ...] = (16, 32, 64, 128)
     arch: str = field(default="UNet3D")
 
@@ -40,6 +42,9 @@ class UNetConfig:
     def size_divisor(self) -> int:
         """Input sizes must be multiples of this (one halving per level below the top)."""
         return 2 ** (len(self.features) - 1)
+
+
+NEW_CLASS_BIAS_MARGIN = 8.0  # logits below the old classes' smallest bias: softmax share ~e^-8
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -84,6 +89,34 @@ class UNet3D(nn.Module):
             x = up(x)
             x = dec(torch.cat([x, skips.pop()], dim=1))
         return self.head(x)
+
+
+def with_classes(net: UNet3D, out_channels: int) -> UNet3D:
+    """``net`` with a head of ``out_channels`` classes (more than it has): the old classes keep their weights,
+    the new ones start with zero weights and a bias below every old class, so the grown network predicts
+    exactly what ``net`` did until fine-tuning teaches it the new classes (a 3-bone model learning the Patella)."""
+    old = net.config.out_channels
+    if out_channels < old:
+        raise ValueError(f"cannot shrink a {old}-class network to {out_channels} classes")
+    config = UNetConfig(net.config.in_channels, out_channels, net.config.features)
+    grown = UNet3D(config)
+    state = net.state_dict()
+    weight, bias = state["head.weight"], state["head.bias"]
+    new_weight = torch.zeros((out_channels, *weight.shape[1:]), dtype=weight.dtype)
+    new_bias = torch.full((out_channels,), float(bias.min()) - NEW_CLASS_BIAS_MARGIN, dtype=bias.dtype)
+    new_weight[:old], new_bias[:old] = weight, bias
+    state["head.weight"], state["head.bias"] = new_weight, new_bias
+    grown.load_state_dict(state)
+    return grown.train(net.training)
+
+
+def config_of_state(state: dict, in_channels: int = 1) -> UNetConfig:
+    """The ``UNetConfig`` a state dict was made with (widths from the encoders, classes from the head)."""
+    features, i = [], 0
+    while f"encoders.{i}.0.weight" in state:
+        features.append(int(state[f"encoders.{i}.0.weight"].shape[0]))
+        i += 1
+    return UNetConfig(in_channels, int(state["head.weight"].shape[0]), tuple(features))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -3,11 +3,10 @@
 ``run_segmentation`` touches no MRML and no GUI, so the Slicer module can run it in a worker thread, the CLI
 in the main thread and the trainer in its evaluation loop: all three get exactly the same result.
 
-Locating the knee: an image that fits one window at the model's spacing (enlarged by up to
-``SINGLE_PASS_GROWTH``; the network is fully convolutional) is segmented in that single pass. A larger one is
-first segmented on a coarse grid that shows all of it (at most 2x the model's spacing, tiled if needed). The femorotibial joint centre is where the femur comes
-within ``JOINT_DISTANCE_MM`` of the tibia; the fine pass then sees a window of the model's patch size centred
-there. This uses the model's own anatomical knowledge, needs no second model and works for any orientation.
+The whole image is segmented at the model's spacing: in one pass on an enlarged window when it fits
+(``preprocess.SINGLE_PASS_GROWTH``; the network is fully convolutional), else in overlapping tiles of the
+model's window blended with Gaussian weights. No overview pass decides where to look, so a tall image's
+shafts are segmented like its joint. The femorotibial joint centre is reported from the result.
 """
 from __future__ import annotations
 
@@ -19,17 +18,15 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from .constants import FEMUR, TIBIA
 from .infer import choose_device, entropy, predict_probabilities
 from .io import validate_image
 from .modelfile import LoadedModel, default_model, load_model
 from .n4 import n4_correct
 from .postprocess import clean_labels, probabilities_to_labels, resample_channels
-from .preprocess import RoiBox, grid_covering, image_center, model_grid_around, prepare_input, single_window_grid
+from .preprocess import RoiBox, image_center, joint_center, model_grid_around, prepare_input, whole_image_grid
 from .progress import CancelToken, Progress, StageProgress, no_progress
 
-JOINT_DISTANCE_MM = 6.0
-STAGES = {"N4 bias correction": 25, "Locating the knee": 15, "Segmenting": 45, "Post-processing": 15}
+STAGES = {"N4 bias correction": 25, "Segmenting": 60, "Post-processing": 15}
 
 
 @dataclass
@@ -46,7 +43,7 @@ class SegmentationSettings:
 
 @dataclass
 class SegmentationResult:
-    labelmap: sitk.Image  # uint8 in the input geometry: 0 background, 1 femur, 2 tibia, 3 fibula
+    labelmap: sitk.Image  # uint8 in the input geometry: 0 background, then the label of each bone (constants)
     uncertainty: sitk.Image | None
     model: "object"  # ModelCard
     device: str
@@ -71,24 +68,6 @@ def roi_grid(roi: RoiBox, spacing: tuple[float, float, float], divisor: int) -> 
     return model_grid_around(roi.center_lps, spacing, size)
 
 
-def joint_center(labels: np.ndarray, grid: sitk.Image) -> tuple[np.ndarray | None, str | None]:
-    """Centre (LPS) of the femur voxels near the tibia on ``grid``; falls back to the bones' centroid."""
-    femur, tibia = labels == FEMUR.label, labels == TIBIA.label
-    if femur.any() and tibia.any():
-        tib = sitk.GetImageFromArray(tibia.astype(np.uint8))
-        tib.CopyInformation(grid)
-        dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(tib, insideIsPositive=False, squaredDistance=False,
-                                                                  useImageSpacing=True))
-        contact = femur & (dist <= JOINT_DISTANCE_MM)
-        pts = np.argwhere(contact if contact.any() else (femur | tibia))
-    elif femur.any() or tibia.any():
-        pts = np.argwhere(femur | tibia)
-    else:
-        return None, "no bone found in the overview pass; segmenting around the image centre"
-    zyx = pts.mean(axis=0)
-    return np.array(grid.TransformContinuousIndexToPhysicalPoint(zyx[::-1].tolist())), None
-
-
 def _timed(timings: dict[str, float], name: str, fn: Callable, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -102,7 +81,7 @@ def run_segmentation(
     progress: Progress = no_progress,
     cancel: CancelToken | None = None,
 ) -> SegmentationResult:
-    """Segments Femur, Tibia and Fibula in ``image`` (any orientation and spacing). See module docstring."""
+    """Segments Femur, Tibia, Fibula and Patella in ``image`` (any orientation and spacing). See module docstring."""
     settings = settings or SegmentationSettings()
     cancel = cancel or CancelToken()
     stages = StageProgress(progress, STAGES)
@@ -127,27 +106,18 @@ def run_segmentation(
         warnings.extend(warn)
         return prob
 
-    report = stages.stage("Locating the knee")
-    window = patch
     if settings.roi is not None:
         grid = roi_grid(settings.roi, spacing, model.card.network.size_divisor)
-        center = np.asarray(settings.roi.center_lps, float)
+        window = patch
     else:
-        single = single_window_grid(image, spacing[0], patch, model.card.network.size_divisor)
-        if single is not None:
-            grid, center = single, image_center(image)  # the whole image fits one (enlarged) window
-            window = single.GetSize()[::-1]
-        else:
-            overview = grid_covering(image, spacing[0], patch)
-            coarse = _timed(timings, "overview pass", segment_on, overview, report)
-            center, warn = joint_center(np.argmax(coarse, axis=0), overview)
-            if center is None:
-                center = image_center(image)
-                warnings.append(warn)
-            grid = model_grid_around(center, spacing, patch)
-
+        grid, window = whole_image_grid(image, spacing, patch, model.card.network.size_divisor)
     prob = _timed(timings, "network", segment_on, grid, stages.stage("Segmenting"), window)
     cancel.check()
+    if settings.roi is not None:
+        center = np.asarray(settings.roi.center_lps, float)
+    else:
+        center, _ = joint_center(np.argmax(prob, axis=0), grid)
+        center = image_center(image) if center is None else center
 
     report = stages.stage("Post-processing")
     labels = _timed(timings, "resample back", probabilities_to_labels, prob, grid, image)

@@ -20,12 +20,10 @@ IDENTITY_3D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # After normalization the image lies mostly in [0, 1]; outliers are clipped to this range so that a few
 # hot voxels (flow artefacts, fat at the coil) cannot dominate.
 NORMALIZED_RANGE = (-0.25, 1.5)
-# The overview pass that locates the knee in a large field of view runs at most this much coarser than the
-# model's spacing; beyond that it tiles windows instead of shrinking the anatomy further.
-OVERVIEW_MAX_FACTOR = 2.0
 # An image up to this much larger than the window is segmented in one pass on an enlarged window (the network
-# is fully convolutional), which costs less than an overview pass plus a fine pass.
+# is fully convolutional), which costs less than overlapping tiles; a larger one is tiled whole.
 SINGLE_PASS_GROWTH = 4 / 3  # 128 voxels for a 96-voxel window: a 190 mm field of view at 1.5 mm
+JOINT_DISTANCE_MM = 6.0  # femur voxels this close to the tibia make the femorotibial joint
 
 
 @dataclass(frozen=True)
@@ -67,32 +65,42 @@ def model_grid_around(center_lps: Sequence[float], spacing: Sequence[float], siz
     return ref
 
 
-def single_window_grid(image: sitk.Image, spacing: float, patch: Sequence[int], divisor: int,
-                       growth: float = SINGLE_PASS_GROWTH) -> sitk.Image | None:
-    """A grid at ``spacing`` covering the whole image in one window at most ``growth`` x ``patch`` (sizes
-    rounded up to multiples of ``divisor``, never below ``patch``); None if the image is larger."""
+def whole_image_grid(image: sitk.Image, spacing: Sequence[float], patch: Sequence[int], divisor: int,
+                     growth: float = SINGLE_PASS_GROWTH) -> tuple[sitk.Image, tuple[int, int, int]]:
+    """(grid, window): a grid at the model's ``spacing`` covering the whole image (sizes rounded up to
+    multiples of ``divisor``, never below ``patch``) and the window to run on it: the whole grid when it is at
+    most ``growth`` x ``patch`` (one pass), else ``patch`` (overlapping tiles). Every voxel of the image is
+    seen at the scale the network learnt: a tall image's shafts are segmented like its joint."""
+    spacing = np.asarray(spacing, float)
     lo, hi = physical_bounds(image)
     extent = hi - lo + np.array(image.GetSpacing()).max()
     size = np.ceil(extent / spacing).astype(int) + 1
     size = np.maximum(np.ceil(size / divisor).astype(int) * divisor, np.asarray(patch))
-    if np.any(size > np.asarray(patch) * growth):
-        return None
-    return model_grid_around((lo + hi) / 2, (spacing,) * 3, size)
+    grid = model_grid_around((lo + hi) / 2, spacing, size)
+    single = not np.any(size > np.asarray(patch) * growth)
+    window = tuple(int(s) for s in (size[::-1] if single else patch))
+    return grid, window
 
 
-def grid_covering(image: sitk.Image, min_spacing: float, max_size: Sequence[int],
-                  max_factor: float = OVERVIEW_MAX_FACTOR) -> sitk.Image:
-    """A grid showing the whole image: ``max_size`` voxels at ``min_spacing`` if the image fits, else coarser,
-    but never coarser than ``max_factor`` x ``min_spacing`` (a network sees anatomy at the scale it learnt
-    within about that factor); a still larger image gets a grid of more voxels, tiled by sliding windows."""
-    lo, hi = physical_bounds(image)
-    extent = hi - lo + np.array(image.GetSpacing()).max()
-    needed = float(np.max(extent / (np.asarray(max_size) - 1)))
-    if needed <= min_spacing:
-        return model_grid_around((lo + hi) / 2, (min_spacing,) * 3, max_size)
-    spacing = min(needed, min_spacing * max_factor)
-    size = np.maximum(np.ceil(extent / spacing).astype(int) + 1, np.asarray(max_size))
-    return model_grid_around((lo + hi) / 2, (spacing,) * 3, size)
+def joint_center(labels: np.ndarray, grid: sitk.Image) -> tuple[np.ndarray | None, str | None]:
+    """Centre (LPS) of the femur voxels within ``JOINT_DISTANCE_MM`` of the tibia on ``grid``; falls back to
+    the bones' centroid, and to (None, reason) when there is no femur or tibia."""
+    from .constants import FEMUR, TIBIA
+
+    femur, tibia = labels == FEMUR.label, labels == TIBIA.label
+    if femur.any() and tibia.any():
+        tib = sitk.GetImageFromArray(tibia.astype(np.uint8))
+        tib.CopyInformation(grid)
+        dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(tib, insideIsPositive=False, squaredDistance=False,
+                                                                  useImageSpacing=True))
+        contact = femur & (dist <= JOINT_DISTANCE_MM)
+        pts = np.argwhere(contact if contact.any() else (femur | tibia))
+    elif femur.any() or tibia.any():
+        pts = np.argwhere(femur | tibia)
+    else:
+        return None, "no femur or tibia found"
+    zyx = pts.mean(axis=0)
+    return np.array(grid.TransformContinuousIndexToPhysicalPoint(zyx[::-1].tolist())), None
 
 
 def resample_to_grid(

@@ -57,7 +57,7 @@ def write_preview(image: sitk.Image, labelmap: sitk.Image, center_lps: Sequence[
     for col, dk in enumerate((-3, 0, 3)):
         k = int(np.clip(k_center + dk, 0, native.shape[0] - 1))
         _overlay(axes[1, col], native[k][::-1], native_lab[k][::-1], f"acquired slice {k}", aspect=sy / sx)
-    fig.legend(handles=[Patch(color=b.color, label=b.name) for b in BONES], loc="lower center", ncol=3)
+    fig.legend(handles=[Patch(color=b.color, label=b.name) for b in BONES], loc="lower center", ncol=len(BONES))
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     path = Path(path)

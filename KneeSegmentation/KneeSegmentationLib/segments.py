@@ -1,4 +1,4 @@
-"""Labelmaps ↔ MRML segmentation nodes: named, coloured, terminology-tagged Femur/Tibia/Fibula segments.
+"""Labelmaps ↔ MRML segmentation nodes: named, coloured, terminology-tagged Femur/Tibia/Fibula/Patella segments.
 
 Segments are created through Slicer's own segmentations logic, with the input volume as reference geometry,
 so they are ready for the Segment Editor. The reverse (an edited segmentation back to a labelmap) exports
@@ -56,13 +56,14 @@ def labelmap_to_segmentation(scene, labelmap: sitk.Image, reference_volume_node,
                              segmentation_node=None, model_tag: str | None = None):
     """Creates (or fills ``segmentation_node``, whose segments are replaced) a segmentation node with one
     segment per bone present in ``labelmap``; every bone absent from it still gets an empty segment, so
-    the user always finds Femur, Tibia and Fibula to edit."""
+    the user always finds every bone to edit (a model made before the Patella class leaves it empty)."""
     if labelmap.GetDimension() != 3:
         raise InputError("a labelmap must be 3D")
     array = sitk.GetArrayViewFromImage(labelmap)
     unknown = set(np.unique(array).tolist()) - {0} - {b.label for b in BONES}
     if unknown:
-        raise InputError(f"labelmap has values {sorted(unknown)} that are not bones (1 Femur, 2 Tibia, 3 Fibula)")
+        known = ", ".join(f"{b.label} {b.name}" for b in BONES)
+        raise InputError(f"labelmap has values {sorted(unknown)} that are not bones ({known})")
     logic = segmentations_logic(scene)
     label_node = volume_node_from_image(scene, sitk.Cast(labelmap, sitk.sitkUInt8), "__kneeseg_labels", labelmap=True)
     try:
@@ -109,7 +110,7 @@ def _order_segments(segmentation) -> None:
 
 def segmentation_to_labelmap(segmentation_node, reference_volume_node) -> sitk.Image:
     """The bones of ``segmentation_node`` as a uint8 labelmap on ``reference_volume_node``'s grid, exactly.
-    Segments are found by name (Femur, Tibia, Fibula); other segments are ignored; where edited segments
+    Segments are found by name (Femur, Tibia, Fibula, Patella); other segments are ignored; where edited segments
     overlap, the bone listed later wins, as in Slicer's own export."""
     scene = segmentation_node.GetScene()
     logic = segmentations_logic(scene)
@@ -122,7 +123,8 @@ def segmentation_to_labelmap(segmentation_node, reference_volume_node) -> sitk.I
             ids.InsertNextValue(segment_id)
             labels.append(bone.label)
     if ids.GetNumberOfValues() == 0:
-        raise InputError(f"segmentation '{segmentation_node.GetName()}' has no Femur, Tibia or Fibula segment")
+        raise InputError(f"segmentation '{segmentation_node.GetName()}' has no "
+                         f"{', '.join(b.name for b in BONES[:-1])} or {BONES[-1].name} segment")
     before = _node_ids(scene)
     label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__kneeseg_export")
     try:

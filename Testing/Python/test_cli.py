@@ -40,7 +40,7 @@ def test_segment_writes_all_outputs(tiny_model, knee_file, tmp_path, capsys):
     import slicerio
 
     seg = slicerio.read_segmentation(str(out / "knee.seg.nrrd"))
-    assert [s["name"] for s in seg["segments"]] == ["Femur", "Tibia", "Fibula"]
+    assert [s["name"] for s in seg["segments"]] == ["Femur", "Tibia", "Fibula", "Patella"]
 
 
 @pytest.mark.parametrize("args, message", [

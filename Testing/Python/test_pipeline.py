@@ -9,9 +9,10 @@ import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import Cancelled, InputError, ModelError
 from KneeSegmentationLib.modelfile import load_model
-from KneeSegmentationLib.pipeline import SegmentationSettings, joint_center, run_segmentation
-from KneeSegmentationLib.preprocess import (RoiBox, grid_covering, model_grid_around, physical_bounds,
-                                            resample_to_grid, single_window_grid)
+from KneeSegmentationLib.modelfile import load_model
+from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
+from KneeSegmentationLib.preprocess import (RoiBox, joint_center, model_grid_around, physical_bounds,
+                                            resample_to_grid, whole_image_grid)
 from KneeSegmentationLib.progress import CancelToken
 
 from phantom import phantom, phantom_image, phantom_labels
@@ -48,43 +49,41 @@ def test_segments_the_phantom_in_any_geometry(tiny_model, size, spacing, directi
     assert {s for _, s in stages} >= {"Segmenting", "Post-processing"}
 
 
-def test_large_field_of_view_is_located_by_the_overview_pass(tiny_model):
-    """The knee lies off-centre in a field of view larger than one window (24 x 5 mm): the overview pass must
-    find the joint and the fine pass, centred there, must segment it. (The overview runs 1.4x coarser than
-    the model's spacing here.)"""
+def test_a_large_field_of_view_is_segmented_whole(tiny_model):
+    """The knee lies off-centre in a field of view larger than one enlarged window: overlapping tiles cover
+    the whole image, so the bones are found wherever they are, with no overview pass deciding where to look."""
     center = (25.0, -20.0, 22.0)
-    grid = model_grid_around((0, 0, 0), (2.5, 2.5, 2.5), (64, 64, 64))  # 160 mm field of view
+    grid = model_grid_around((0, 0, 0), (2.5, 2.5, 2.5), (72, 72, 72))  # 180 mm: 2 x 2 x 2 tiles of 120 mm
     labels = phantom_labels(grid, center=center)
     image = phantom_image(labels, seed=1)
+    pre = load_model(tiny_model).card.preprocessing
+    _, window = whole_image_grid(image, pre.spacing_mm, pre.patch_size, 8)
+    assert window == tuple(pre.patch_size)  # tiled, not one window
     result = run_segmentation(image, _settings(tiny_model))
-    assert "overview pass" in result.timings
-    # The joint is found to within a fifth of the window (the tiny model's overview is coarse); what matters
-    # is that the fine window then holds the bones:
-    assert np.linalg.norm(np.array(result.joint_center_lps) - center) < 25
+    assert "overview pass" not in result.timings
     got, truth = sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(labels)
-    window = sitk.GetArrayFromImage(resample_to_grid(
-        model_grid_around(result.joint_center_lps, (5.0,) * 3, (24,) * 3) + 1, labels, sitk.sitkNearestNeighbor)) > 0
-    assert not got[~window].any()  # nothing outside the fine window
-    for label in (1, 2):
-        assert dice(got[window] == label, truth[window] == label) > 0.8
+    # The tiny phantom model was trained on windows around the joint only, so a tile that misses the joint
+    # confuses femur and tibia a little (0.82 / 0.81 here); the real models learn from crops along whole bones.
+    for label, floor in ((1, 0.78), (2, 0.78), (3, 0.9)):
+        assert dice(got == label, truth == label) > floor, label
 
 
-def test_overview_grid_never_shrinks_anatomy_more_than_twice():
+def test_whole_image_grid_tiles_a_tall_image_at_the_model_spacing():
     image = sitk.Image([200, 200, 200], sitk.sitkFloat32)  # 400 mm field of view
     image.SetSpacing((2.0, 2.0, 2.0))
-    grid = grid_covering(image, 1.5, (96, 96, 96))
-    assert grid.GetSpacing()[0] == pytest.approx(3.0) and min(grid.GetSize()) >= 133
+    grid, window = whole_image_grid(image, (1.5,) * 3, (96, 96, 96), 8)
+    assert grid.GetSpacing()[0] == pytest.approx(1.5) and min(grid.GetSize()) >= 266
     lo, hi = physical_bounds(grid)
     ilo, ihi = physical_bounds(image)
     assert np.all(lo <= ilo) and np.all(hi >= ihi)
-    assert single_window_grid(image, 1.5, (96, 96, 96), 8) is None
+    assert window == (96, 96, 96)
 
 
 def test_a_slightly_larger_image_gets_one_enlarged_window():
     image = sitk.Image([256, 256, 24], sitk.sitkFloat32)  # like the MESE sample: 160 x 160 x 96 mm
     image.SetSpacing((0.625, 0.625, 4.0))
-    grid = single_window_grid(image, 1.5, (96, 96, 96), 8)
-    assert grid.GetSize() == (112, 112, 96)
+    grid, window = whole_image_grid(image, (1.5,) * 3, (96, 96, 96), 8)
+    assert grid.GetSize() == (112, 112, 96) and window == (96, 112, 112)
     lo, hi = physical_bounds(grid)
     ilo, ihi = physical_bounds(image)
     assert np.all(lo <= ilo) and np.all(hi >= ihi)
@@ -196,4 +195,4 @@ def test_gpu_requested_without_gpu_falls_back_with_warning(tiny_model):
 def test_joint_center_falls_back_without_bones():
     grid = model_grid_around((0, 0, 0), (2, 2, 2), (16, 16, 16))
     center, warning = joint_center(np.zeros((16, 16, 16), np.uint8), grid)
-    assert center is None and "no bone" in warning
+    assert center is None and "no femur or tibia" in warning

@@ -7,7 +7,7 @@ import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import InputError
 from KneeSegmentationLib.postprocess import clean_labels, probabilities_to_labels
-from KneeSegmentationLib.preprocess import (RoiBox, grid_covering, inside_mask, model_grid_around, normalize,
+from KneeSegmentationLib.preprocess import (RoiBox, inside_mask, model_grid_around, normalize, whole_image_grid,
                                             physical_bounds, prepare_input, resample_to_grid)
 
 from phantom import centered_grid, phantom, phantom_labels
@@ -20,11 +20,13 @@ def test_model_grid_is_centred_and_axis_aligned():
     assert grid.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
 
 
-def test_grid_covering_grows_spacing_only_when_needed():
+def test_whole_image_grid_never_goes_below_the_window_or_coarser_than_the_model():
     small = centered_grid((50, 50, 50), (1.0, 1.0, 1.0))
-    assert grid_covering(small, 1.5, (96, 96, 96)).GetSpacing()[0] == pytest.approx(1.5)
+    grid, window = whole_image_grid(small, (1.5,) * 3, (96, 96, 96), 8)
+    assert grid.GetSpacing()[0] == pytest.approx(1.5) and grid.GetSize() == (96, 96, 96) and window == (96, 96, 96)
     big = centered_grid((400, 400, 300), (1.0, 1.0, 1.0))
-    grid = grid_covering(big, 1.5, (96, 96, 96))
+    grid, _ = whole_image_grid(big, (1.5,) * 3, (96, 96, 96), 8)
+    assert grid.GetSpacing()[0] == pytest.approx(1.5)
     lo, hi = physical_bounds(grid)
     blo, bhi = physical_bounds(big)
     assert np.all(lo <= blo) and np.all(hi >= bhi)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib.constants import BONES
+from KneeSegmentationLib.constants import BONES, PATELLA
 from KneeSegmentationLib.errors import InputError
 from KneeSegmentationLib.mrml import image_from_volume_node, volume_node_from_image
 from KneeSegmentationLib.segments import (labelmap_to_segmentation, load_segmentation, save_segmentation,
@@ -31,9 +31,15 @@ def test_volume_node_geometry_round_trip(scene, direction):
 
 
 def _labels_and_volume(scene, direction=OBLIQUE):
+    """The phantom's three bones plus a Patella block in its background: all four classes."""
     image, labels = phantom(size=(48, 44, 20), spacing=(1.2, 1.1, 3.0), direction=direction)
+    array = sitk.GetArrayFromImage(labels)
+    block = array[2:6, 2:10, 2:10]
+    block[block == 0] = PATELLA.label
+    with_patella = sitk.GetImageFromArray(array)
+    with_patella.CopyInformation(labels)
     volume = volume_node_from_image(scene, image, "knee")
-    return labels, volume
+    return with_patella, volume
 
 
 def test_segments_have_names_colours_terminology(scene):
@@ -43,7 +49,7 @@ def test_segments_have_names_colours_terminology(scene):
     assert scene.GetNumberOfNodes() == nodes + 2  # the segmentation node and its display node, nothing else
     segmentation = seg.GetSegmentation()
     assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
-        ["Femur", "Tibia", "Fibula"]
+        ["Femur", "Tibia", "Fibula", "Patella"]
     for bone in BONES:
         segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(bone.name))
         assert np.allclose(segment.GetColor(), bone.color)
@@ -51,7 +57,7 @@ def test_segments_have_names_colours_terminology(scene):
         assert f"SCT^{bone.snomed_code}^{bone.name}" in entry and "SCT^123037004^Anatomical Structure" in entry
         assert entry == terminology_entry(bone)
     colours = {tuple(np.round(b.color, 3)) for b in BONES}
-    assert len(colours) == 3
+    assert len(colours) == len(BONES) == 4
 
 
 def test_labelmap_segments_labelmap_is_exact(scene):
@@ -76,6 +82,9 @@ def test_seg_nrrd_round_trip_keeps_everything(scene, tmp_path):
     segmentation = loaded.GetSegmentation()
     segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("Fibula"))
     assert "87342007" in segment.GetTerminology()
+    patella = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("Patella"))
+    assert "SCT^64234005^Patella" in patella.GetTerminology()
+    assert (sitk.GetArrayFromImage(back) == PATELLA.label).sum() > 100
 
 
 def test_missing_bone_still_gets_an_empty_segment(scene):
@@ -130,5 +139,5 @@ def test_bad_labelmaps_are_refused(scene, tmp_path):
     with pytest.raises(InputError, match=".seg.nrrd"):
         save_segmentation(labelmap_to_segmentation(scene, labels, volume), tmp_path / "x.nrrd")
     empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
-    with pytest.raises(InputError, match="no Femur, Tibia or Fibula"):
+    with pytest.raises(InputError, match="no Femur, Tibia, Fibula or Patella"):
         segmentation_to_labelmap(empty, volume)

@@ -40,7 +40,7 @@ def test_save_case_from_nodes_records_the_edit(scene, tmp_path):
     folder = logic.save_case(volume, seg)
     meta = json.loads((folder / META_FILE).read_text())
     assert meta["model"] == "tiny/v1" and meta["source"] == "knee"
-    assert meta["edit"]["dice"] == {"Femur": 1.0, "Tibia": 0.0, "Fibula": 1.0}
+    assert meta["edit"]["dice"] == {"Femur": 1.0, "Tibia": 0.0, "Fibula": 1.0, "Patella": 1.0}
     saved = sitk.ReadImage(str(folder / LABEL_FILE))
     assert np.array_equal(sitk.GetArrayFromImage(saved), sitk.GetArrayFromImage(truth))
     assert np.allclose(saved.GetDirection(), image.GetDirection())
