@@ -48,6 +48,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-minutes", type=float, default=d.budget_minutes,
                    help="fit the number of steps (and the LR decay) to this wall-clock budget")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: default)")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="background processes rendering the next batches (0: in the training process)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--fresh", action="store_true", help="do not resume from RUN/last.pt")
 
@@ -58,18 +60,36 @@ def _config(a: argparse.Namespace, **extra) -> TrainConfig:
         patch=tuple(a.patch), crop=tuple(a.crop), batch=a.batch, lr=a.lr, steps=a.steps, warmup=a.warmup,
         val_every=a.val_every, val_cases=a.val_cases, patience=a.patience, checkpoint_every=a.checkpoint_every,
         log_every=a.log_every, seed=a.seed, max_minutes=a.max_minutes, budget_minutes=a.budget_minutes,
-        threads=a.threads, amp=not a.no_amp,
+        threads=a.threads, workers=a.workers, amp=not a.no_amp,
         **extra)
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
+    import dataclasses
+    import shutil
+    import tempfile
+
+    from . import shapemodel as S
     from .dataset import mskt_sources, prepare
 
     if a.data is None:
         from .mskt import fetch_mskt
 
         a.data = fetch_mskt(a.cache)
-    out = prepare(mskt_sources(a.data), a.out)
+    sources = mskt_sources(a.data)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    drawn = Path(tempfile.mkdtemp(prefix=f".{a.out.name}-llp26-", dir=a.out.parent))
+    try:
+        quiet = (lambda *_: None) if a.quiet_draws else print
+        for role, count, first in (("train", a.shape_train, S.TRAIN_FIRST_SEED), ("val", a.shape_val, S.VAL_FIRST_SEED),
+                                   ("test", a.shape_test, S.TEST_FIRST_SEED)):
+            if count:
+                for src in S.write_shape_maps(drawn / role, count, first, role=role, spacing=a.shape_spacing,
+                                              log=quiet):
+                    sources.append(dataclasses.replace(src, spacing_mm=a.shape_spacing))
+        out = prepare(sources, a.out)
+    finally:
+        shutil.rmtree(drawn, ignore_errors=True)
     print(f"dataset written to {out}")
 
 
@@ -127,8 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="fetch the mskt label maps and build a synthesis dataset")
+    p = sub.add_parser("prepare", help="fetch the mskt label maps and the LLP26 shape model, build a dataset")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--shape-train", type=int, default=120,
+                   help="knees drawn from the LLP26 shape model for training (left and right)")
+    p.add_argument("--shape-val", type=int, default=2, help="held-out shape-model knees validating the training")
+    p.add_argument("--shape-test", type=int, default=4,
+                   help="held-out shape-model knees that only the benchmark sees (their own seed range)")
+    p.add_argument("--shape-spacing", type=float, default=1.0, help="grid (mm) of the shape-model maps")
+    p.add_argument("--quiet-draws", action="store_true", help="do not list each refused shape-model draw")
     p.add_argument("--data", type=Path, help="an extracted mskt data/ folder (default: fetch with pip)")
     p.add_argument("--cache", type=Path, help="download cache (default $KNEESEG_CACHE or ~/.cache/kneesegmentation)")
     p.set_defaults(func=cmd_prepare)

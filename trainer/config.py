@@ -36,6 +36,7 @@ class TrainConfig:
     # does, whatever the machine's load. The schedule then depends on timing: not bit-reproducible.
     budget_minutes: float = 0.0
     threads: int = 0  # torch CPU threads (0 = torch default)
+    workers: int = 1  # background processes rendering the next batches (0 = render in the training process)
     amp: bool = True  # mixed precision on CUDA
     normalization: dict = field(default_factory=lambda: {"lower_percentile": 1.0, "upper_percentile": 99.0})
     # fine-tuning

@@ -1,7 +1,8 @@
 """The training loop: plain PyTorch, synthetic batches on the fly, Dice + CE, AdamW, warm-up + cosine decay.
 
 A run lives in one folder (``run_dir``): ``config.json``, ``last.pt`` (exact resume: model, optimizer,
-scheduler, AMP scaler, every rank's RNG states, step, best score), ``best.pt`` (weights with the best
+scheduler, AMP scaler, step, best score; each step's batch is a function of (seed, rank, step), so background
+workers render exactly what a resumed run would), ``best.pt`` (weights with the best
 validation score), ``train.csv``, ``val.csv`` and ``curves.png``. Checkpoints are written atomically, so
 a killed run resumes from the last one. Creating a file named ``STOP`` in the run folder ends the run
 cleanly at the next step. Under ``torchrun`` the model is wrapped in DistributedDataParallel (NCCL on GPU,
@@ -10,6 +11,7 @@ gloo on CPU); each rank draws its own samples, rank 0 validates, logs and saves.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 import random
@@ -229,6 +231,48 @@ class BatchSource:
         return torch.stack(xs)[:, None], torch.stack(ys)
 
 
+def step_seeds(seed: int, rank: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The random state of one training step: a function of (seed, rank, step) only, so the batch of a step is
+    the same whether it was rendered in a worker process, in the main process or after a resume."""
+    rng = np.random.default_rng([seed, rank, step])
+    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Batch ``i`` is the batch of training step ``i`` (see ``step_seeds``)."""
+
+    def __init__(self, source: BatchSource, seed: int, rank: int) -> None:
+        self.source, self.seed, self.rank = source, seed, rank
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.source.batch(*step_seeds(self.seed, self.rank, step))
+
+
+class _StepsFrom(torch.utils.data.Sampler):
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self):
+        return itertools.count(self.start)
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)
+
+
+def batches_from(source: BatchSource, cfg: TrainConfig, rank: int, start: int):
+    """The batches of steps ``start``, ``start + 1``, ...: rendered by ``cfg.workers`` background processes
+    (one torch thread each) while the main process trains, or in the main process when ``workers`` is 0."""
+    loader = torch.utils.data.DataLoader(
+        StepBatches(source, cfg.seed, rank), batch_size=None, sampler=_StepsFrom(start),
+        num_workers=cfg.workers, worker_init_fn=_one_thread if cfg.workers else None,
+        prefetch_factor=2 if cfg.workers else None, persistent_workers=bool(cfg.workers))
+    return iter(loader)
+
+
 def build_network(cfg: TrainConfig) -> UNet3D:
     """A new network of ``cfg``'s widths, or ``cfg.init_model``'s weights; a model made before the Patella
     class gets a head grown to every class (``with_classes``), since the synthetic images label the patella."""
@@ -334,10 +378,11 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
     recent: list[float] = []  # seconds per step since the last budget fit
     stop_reason = "steps"
     bar = tqdm(total=cfg.steps, initial=step, disable=not d.main, desc="train", dynamic_ncols=True)
+    batches = batches_from(source, cfg, d.rank, step)
     model.train()
     while step < cfg.steps:
         t0 = time.perf_counter()
-        x, y = source.batch(rng, gen)
+        x, y = next(batches)
         x, y = x.to(d.device), y.to(d.device)
         with autocast(d.device, cfg):
             logits = model(x)

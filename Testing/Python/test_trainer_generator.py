@@ -106,3 +106,39 @@ def test_bad_source_label_maps_are_rejected(tmp_path):
     out = prepare(tiny_sources(tmp_path / "src"), tmp_path / "ok", spacing=2.0, log=lambda *_: None)
     with pytest.raises(DatasetError, match="not overwritten"):
         prepare(tiny_sources(tmp_path / "src"), out, spacing=2.0, log=lambda *_: None)
+
+
+def test_bone_points_spread_along_the_whole_bone(dataset):
+    """Crop centres cover each bone's whole extent (shafts too), not only the joint."""
+    m = load_dataset(dataset, ("train",))[0]
+    target = T.TARGET_OF[m.labels]
+    for name, label in (("femur", 1), ("tibia", 2)):
+        z_vox = np.argwhere(target == label)[:, 0]
+        z_mm = m.origin[2] + z_vox * m.spacing
+        points = m.bone_points[name]
+        assert len(points) >= 10
+        covered = (points[:, 2].max() - points[:, 2].min()) / (z_mm.max() - z_mm.min())
+        assert covered > 0.9, (name, covered)
+
+
+def test_crops_centred_along_the_shafts_reach_far_from_the_joint(dataset):
+    maps = load_dataset(dataset, ("train",))
+    gen = Generator(maps, TINY_SPACING, TINY_CROP, bone_crop_p=1.0)
+    rng = np.random.default_rng(0)
+    far = [np.linalg.norm(gen._choose_center(maps[0], rng) - maps[0].joint_center) for _ in range(200)]
+    always_joint = Generator(maps, TINY_SPACING, TINY_CROP, bone_crop_p=0.0)
+    near = [np.linalg.norm(always_joint._choose_center(maps[0], rng) - maps[0].joint_center) for _ in range(200)]
+    assert max(near) <= np.sqrt(3) * 30.0 + 1e-6  # joint-centred crops stay within CROP_OFFSET_MM per axis
+    assert np.percentile(far, 90) > 35.0 and max(far) > max(near) * 0.8
+
+
+def test_the_labels_of_a_crop_are_those_of_the_whole_map(dataset):
+    """Sampling from the box of the map that a crop reaches gives the labels sampling the whole map would."""
+    import torch.nn.functional as F
+
+    m = load_dataset(dataset, ("train",))[0]
+    gen = Generator([m], TINY_SPACING, TINY_CROP)
+    grid = gen._fine_grid(m, m.joint_center + 7.0, np.eye(3), None)
+    whole = F.grid_sample(torch.from_numpy(m.labels.astype(np.float32))[None, None], grid, mode="nearest",
+                          padding_mode="zeros", align_corners=True).long()[0, 0]
+    assert torch.equal(gen._labels_at(m, grid), whole)

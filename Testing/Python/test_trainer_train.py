@@ -93,3 +93,46 @@ def test_ddp_with_gloo_on_two_cpu_processes(dataset, tmp_path):
     assert ck["step"] == 2 and len(ck["rng"]) == 2
     assert ck["rng"][0]["numpy"] != ck["rng"][1]["numpy"]  # each rank draws its own samples
     assert "world_size': 2" in out.stdout + out.stderr
+
+
+def test_batches_are_the_same_from_a_worker_process_and_in_process(dataset):
+    from trainer.train import batches_from
+
+    cfg = tiny_config(dataset, "unused")
+    gen = Generator(load_dataset(dataset, ("train",)), TINY_SPACING, TINY_CROP)
+    source = BatchSource(cfg, gen)
+    cfg.workers = 0
+    local = batches_from(source, cfg, rank=0, start=5)
+    cfg.workers = 1
+    worker = batches_from(source, cfg, rank=0, start=5)
+    for _ in range(2):
+        (xa, ya), (xb, yb) = next(local), next(worker)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_a_three_bone_model_grows_a_patella_head_that_changes_nothing():
+    from KneeSegmentationLib.network import config_of_state, with_classes
+
+    torch.manual_seed(0)
+    old = UNet3D(UNetConfig(out_channels=4, features=(4, 8))).eval()
+    grown = with_classes(old, 5).eval()
+    assert config_of_state(grown.state_dict()) == UNetConfig(out_channels=5, features=(4, 8))
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        a, b = torch.softmax(old(x), 1), torch.softmax(grown(x), 1)
+    assert torch.equal(a.argmax(1), b.argmax(1)) and float(b[:, 4].max()) < 1e-3
+    with pytest.raises(ValueError):
+        with_classes(grown, 4)
+
+
+def test_cpu_training_uses_bfloat16_where_the_cpu_has_it():
+    from trainer.train import autocast, cpu_has_fast_bf16
+
+    cfg = tiny_config("unused", "unused")
+    net = UNet3D(UNetConfig(features=(4, 8)))
+    with autocast(torch.device("cpu"), cfg):
+        out = net(torch.randn(1, 1, 16, 16, 16))
+    assert out.dtype == (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
+    cfg.amp = False
+    with autocast(torch.device("cpu"), cfg):
+        assert net(torch.randn(1, 1, 16, 16, 16)).dtype == torch.float32
