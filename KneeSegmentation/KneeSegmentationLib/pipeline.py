@@ -122,7 +122,8 @@ def run_segmentation(
     report = stages.stage("Post-processing")
     labels = _timed(timings, "resample back", probabilities_to_labels, prob, grid, image)
     report(0.5)
-    labels = _timed(timings, "clean up", clean_labels, labels, image.GetSpacing())
+    labels = _timed(timings, "clean up", clean_labels, labels, image.GetSpacing(),
+                    image.GetDirection())
     labelmap = sitk.GetImageFromArray(labels)
     labelmap.CopyInformation(image)
     uncertainty = None

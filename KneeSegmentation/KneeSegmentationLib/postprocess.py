@@ -4,6 +4,11 @@ Probabilities (not labels) are resampled to the input grid, so boundaries are in
 voxel size; the argmax there guarantees that no voxel belongs to two bones. Then each bone keeps its
 plausible connected component(s) and has its holes filled: the network's rare mistakes are small islands
 (a patella voxel called femur, a vessel called fibula), which Dice hides but a user must erase by hand.
+
+The fibula is judged on its own evidence, never on its distance to a tibia that may itself be wrong: a
+component is kept if it is large enough to be bone (``FIBULA_MIN_ML``: the fibular head cut by the field of
+view is still ~1 ml), lies no higher than the top of the tibia (the fibular head sits below the joint line) and
+not in front of the tibia (it is lateral and posterior), the place checks only where a tibia was found.
 """
 from __future__ import annotations
 
@@ -15,8 +20,11 @@ from .constants import BONES, FIBULA, TIBIA
 # A component is kept if it has at least this fraction of the bone's largest component: a bone split by the
 # field of view keeps both parts, a speck does not.
 MIN_COMPONENT_FRACTION = 0.25
-# The fibular head lies against the lateral tibial condyle (proximal tibiofibular joint).
-FIBULA_MAX_GAP_MM = 8.0
+# Evidence for a fibula component: volume, height (not above the tibia's top by more than this) and
+# antero-posterior place (its centre not more than this in front of the tibia's centre).
+FIBULA_MIN_ML = 0.3
+FIBULA_ABOVE_TIBIA_MM = 10.0
+FIBULA_ANTERIOR_MM = 10.0
 
 
 def _array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -71,11 +79,12 @@ def probabilities_to_labels(prob: np.ndarray, grid: sitk.Image, target: sitk.Ima
     return labels
 
 
-def clean_labels(labels: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:  # spacing in x, y, z
-    """Per bone: keep components with at least ``MIN_COMPONENT_FRACTION`` of the largest, fill holes; a
-    fibula component must also lie within ``FIBULA_MAX_GAP_MM`` of the tibia (the fibular head sits against
-    the lateral tibial condyle; a "fibula" elsewhere is a vessel or tendon). Works on the bounding box of
-    the labelled voxels only, so it stays fast on large images."""
+def clean_labels(labels: np.ndarray, spacing: tuple[float, float, float],
+                 direction: tuple[float, ...] | None = None) -> np.ndarray:
+    """Per bone: keep components with at least ``MIN_COMPONENT_FRACTION`` of the largest, fill holes; fibula
+    components must also pass ``_fibula_evidence``. ``spacing`` (x, y, z) and ``direction`` (ITK's 9 numbers,
+    identity if None) place voxels in patient space. Works on the bounding box of the labelled voxels only,
+    so it stays fast on large images."""
     present = np.argwhere(labels > 0)
     out = np.zeros_like(labels)
     if present.size == 0:
@@ -84,10 +93,12 @@ def clean_labels(labels: np.ndarray, spacing: tuple[float, float, float]) -> np.
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     crop = labels[box]
     cleaned = np.zeros_like(crop)
+    to_lps = _index_to_lps(spacing, direction)
     for bone in BONES:
         mask = crop == bone.label
-        allowed = _near(cleaned == TIBIA.label, spacing, FIBULA_MAX_GAP_MM) if bone is FIBULA else None
-        kept = _plausible_components(mask, spacing, allowed)
+        kept = _plausible_components(mask, spacing)
+        if kept is not None and bone is FIBULA:
+            kept = _fibula_evidence(kept, cleaned == TIBIA.label, spacing, to_lps)
         if kept is None:
             continue
         filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(kept.astype(np.uint8)), True)) > 0
@@ -97,32 +108,46 @@ def clean_labels(labels: np.ndarray, spacing: tuple[float, float, float]) -> np.
     return out
 
 
+def _index_to_lps(spacing, direction) -> np.ndarray:
+    """3x3 matrix taking (z, y, x) index offsets to LPS millimetres."""
+    d = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
+    return (d * np.asarray(spacing, float)[None, :])[:, ::-1]
+
+
+def _fibula_evidence(kept: np.ndarray, tibia: np.ndarray, spacing, to_lps: np.ndarray) -> np.ndarray | None:
+    """The fibula components that are big enough and, where a tibia was found, not above its top nor in
+    front of it (see the module docstring)."""
+    cc = sitk.GetArrayFromImage(sitk.ConnectedComponent(_image(kept, spacing), True))
+    voxel_ml = float(np.prod(spacing)) / 1000
+    tib = np.argwhere(tibia) @ to_lps.T if tibia.any() else None
+    keep = np.zeros(kept.shape, bool)
+    for label in np.unique(cc[cc > 0]):
+        component = cc == label
+        if component.sum() * voxel_ml < FIBULA_MIN_ML:
+            continue
+        if tib is not None:
+            centre = np.argwhere(component).mean(axis=0) @ to_lps.T
+            if centre[2] > tib[:, 2].max() + FIBULA_ABOVE_TIBIA_MM:  # LPS +z: superior
+                continue
+            if centre[1] < tib[:, 1].mean() - FIBULA_ANTERIOR_MM:  # LPS +y: posterior
+                continue
+        keep |= component
+    return keep if keep.any() else None
+
+
 def _image(mask: np.ndarray, spacing) -> sitk.Image:
     img = sitk.GetImageFromArray(mask.astype(np.uint8))
     img.SetSpacing([float(s) for s in spacing])
     return img
 
 
-def _near(mask: np.ndarray, spacing, distance_mm: float) -> np.ndarray:
-    """Voxels within ``distance_mm`` of ``mask`` (none if ``mask`` is empty)."""
-    if not mask.any():
-        return np.zeros(mask.shape, bool)
-    dist = sitk.SignedMaurerDistanceMap(_image(mask, spacing), insideIsPositive=False, squaredDistance=False,
-                                       useImageSpacing=True)
-    return sitk.GetArrayFromImage(dist) <= distance_mm
-
-
-def _plausible_components(mask: np.ndarray, spacing, allowed: np.ndarray | None) -> np.ndarray | None:
-    """The components of ``mask`` worth keeping (touching ``allowed`` where given); None if none is."""
+def _plausible_components(mask: np.ndarray, spacing) -> np.ndarray | None:
+    """The components of ``mask`` worth keeping; None if none is."""
     if not mask.any():
         return None
     cc_image = sitk.ConnectedComponent(_image(mask, spacing), True)
     cc = sitk.GetArrayFromImage(cc_image)
     labels = np.unique(cc[cc > 0])
-    if allowed is not None:
-        labels = np.unique(cc[(cc > 0) & allowed])
-    if labels.size == 0:
-        return None
     sizes = np.bincount(cc.ravel())[labels]
     keep = labels[sizes >= MIN_COMPONENT_FRACTION * sizes.max()]
     return np.isin(cc, keep)

@@ -102,13 +102,30 @@ def test_roi_box_validates():
         RoiBox((0, 0, 0), (10, -1, 10))
 
 
-def test_clean_labels_drops_a_fibula_far_from_the_tibia():
-    _, labels = phantom(size=(48, 48, 40), spacing=(2.0, 2.0, 2.0))
+@pytest.mark.parametrize("direction", [None, (0, 0, -1, 1, 0, 0, 0, -1, 0)])  # axial, sagittal PIR
+def test_a_fibula_is_kept_on_its_own_evidence(direction):
+    image, labels = phantom(size=(48, 48, 40), spacing=(2.0, 2.0, 2.0), direction=direction)
     lab = sitk.GetArrayFromImage(labels)
-    noisy = lab.copy()
-    noisy[30:34, 2:5, 40:44] = 3  # a "fibula" blob in front of the femur, far from the tibia
-    cleaned = clean_labels(noisy, labels.GetSpacing())
-    assert np.array_equal(cleaned, lab)  # the real fibula (beside the tibia) stays, the blob goes
-    no_tibia = lab.copy()
-    no_tibia[no_tibia == 2] = 0
-    assert not (clean_labels(no_tibia, labels.GetSpacing()) == 3).any()  # no tibia: no plausible fibula
+    spacing, direction = labels.GetSpacing(), labels.GetDirection()
+    wrong_tibia = lab.copy()
+    wrong_tibia[wrong_tibia == 2] = 0  # the tibia was missed: the fibula must not go with it
+    assert np.array_equal(clean_labels(wrong_tibia, spacing, direction) == 3, lab == 3)
+    speck = lab.copy()
+    speck[speck == 3] = 0
+    fz, fy, fx = np.argwhere(lab == 3)[0]
+    speck[fz, fy, fx] = 3  # 8 mm^3: not a bone
+    assert not (clean_labels(speck, spacing, direction) == 3).any()
+
+
+@pytest.mark.parametrize("shift, kept", [((0, -14, 0), False),  # 28 mm anterior: a tendon, not a fibula
+                                         ((22, 0, 0), False),  # 44 mm up, above the tibia: a vessel
+                                         ((0, 3, 0), True)])  # 6 mm further back: still a fibula
+def test_a_fibula_in_the_wrong_place_is_dropped(shift, kept):
+    _, labels = phantom(size=(48, 48, 40), spacing=(2.0, 2.0, 2.0))  # identity direction: index z = superior
+    lab = sitk.GetArrayFromImage(labels)
+    moved = lab.copy()
+    moved[moved == 3] = 0
+    fib = np.argwhere(lab == 3) + np.array(shift)
+    fib = fib[np.all((fib >= 0) & (fib < lab.shape), axis=1)]
+    moved[tuple(fib.T)] = np.where(moved[tuple(fib.T)] == 0, 3, moved[tuple(fib.T)])
+    assert (clean_labels(moved, labels.GetSpacing()) == 3).any() == kept
