@@ -142,6 +142,12 @@ def cmd_export(a: argparse.Namespace) -> None:
     print(f"model written to {export(a.run, a.root, a.name, a.version, a.eval, a.description, notes=notes)}")
 
 
+def cmd_benchmark(a: argparse.Namespace) -> None:
+    from .benchmark import run_benchmark
+
+    run_benchmark(a.model, a.out, a.dataset, cases=a.cases, echoes=not a.no_echoes, data=a.data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kneeseg-train", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -204,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", default="")
     p.add_argument("--notes", type=Path, help="Markdown appended to MODEL_CARD.md (known limits, observations)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("benchmark", help="the fixed benchmark: held-out maps in 3 planes and contrasts, full pipeline")
+    p.add_argument("--model", required=True, type=Path, help="model version folder")
+    p.add_argument("--out", required=True, type=Path, help="folder for benchmark.csv, summary.json, benchmark.png")
+    p.add_argument("--dataset", type=Path, default=Path("runs/dataset3"), help="dataset with val/test maps")
+    p.add_argument("--cases", choices=("all", "quick"), default="all", help="quick: 3 cases (smoke runs)")
+    p.add_argument("--no-echoes", action="store_true", help="skip the real multi-echo consistency check")
+    p.add_argument("--data", type=Path, help="mskt data/ folder (default: fetch with pip)")
+    p.set_defaults(func=cmd_benchmark)
     return parser
 
 
