@@ -114,6 +114,13 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .train import train
 
     cfg = _config(a)
+    if a.init_model:
+        from KneeSegmentationLib.modelfile import read_card
+
+        card = read_card(a.init_model)  # the network and window come from the model; the classes may grow
+        cfg.init_model, cfg.features, cfg.patch = str(a.init_model), tuple(card.network.features), \
+            tuple(card.preprocessing.patch_size)
+        cfg.spacing_mm, cfg.normalization = float(card.preprocessing.spacing_mm[0]), dict(card.preprocessing.normalization)
     if not a.fresh and (a.run / "config.json").is_file() and (a.run / "last.pt").is_file():
         cfg = TrainConfig.load(a.run / "config.json")
         cfg.max_minutes, cfg.steps = a.max_minutes or cfg.max_minutes, max(cfg.steps, a.steps)
@@ -178,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train (or resume) a model on synthetic images")
     _add_train_options(p)
+    p.add_argument("--init-model", type=Path, help="start from this model version's weights (its network, "
+                   "spacing, window and normalization; a 3-bone model grows a Patella head)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("finetune", help="continue a model on corrected cases mixed with synthetic images")

@@ -77,6 +77,15 @@ def blur_axis(vol: torch.Tensor, sigma_vox: float, axis: int) -> torch.Tensor:
     return F.conv3d(F.pad(vol, pad, mode="replicate"), k.view(shape))
 
 
+def map_probabilities(maps: list[LabelMap]) -> np.ndarray:
+    """How often each map is drawn: the real maps share ``REAL_MAP_SHARE`` of the samples when shape-model
+    draws (maps whose manifest entry records a seed) are present too, otherwise all maps are equally likely."""
+    drawn = np.array(["seed" in (m.entry.get("meta") or {}) for m in maps])
+    if drawn.all() or not drawn.any():
+        return np.full(len(maps), 1 / len(maps))
+    return np.where(drawn, (1 - R.REAL_MAP_SHARE) / drawn.sum(), R.REAL_MAP_SHARE / (~drawn).sum())
+
+
 class Generator:
     """Renders training samples from prepared label maps on a model grid of ``spacing`` mm.
 
@@ -93,6 +102,7 @@ class Generator:
         self.crop = tuple(int(c) for c in crop)
         self.normalization = dict(normalization or DEFAULT_NORMALIZATION)
         self.bone_crop_p = bone_crop_p
+        self.map_p = map_probabilities(maps)
         # Offsets (x, y, z order) of voxel positions of the fine and the model grid, centred on 0, in mm.
         self._fine = [self._axis(n * SUPERSAMPLE, self.spacing / SUPERSAMPLE) for n in self.crop]
 
@@ -159,7 +169,7 @@ class Generator:
         if size is not None and tuple(size) != self.crop:
             return Generator(self.maps, self.spacing, size, self.normalization, self.bone_crop_p)._sample(
                 rng, gen, map_index, center, None)
-        mi = int(rng.integers(len(self.maps))) if map_index is None else map_index
+        mi = int(rng.choice(len(self.maps), p=self.map_p)) if map_index is None else map_index
         m = self.maps[mi]
         c = self._choose_center(m, rng) if center is None else np.asarray(center, float)
         angles = rng.uniform(-R.ROTATION_DEG, R.ROTATION_DEG, 3)

@@ -32,6 +32,9 @@ CROP_OFFSET_MM = 30.0  # a joint-centred crop's centre lies within ±this of the
 BONE_CROP_P = 0.65
 BONE_CROP_WEIGHTS = {"femur": 1.0, "tibia": 1.0, "fibula": 1.5, "patella": 1.0}  # ...the bone drawn so...
 BONE_CROP_JITTER_MM = 15.0  # ...plus this uniform jitter per axis
+# The real label maps (cartilage, menisci and bone shapes as segmented, not drawn from a PCA) are few beside
+# hundreds of shape-model knees; together they still get this share of the samples.
+REAL_MAP_SHARE = 0.25
 
 # --- Field of view (what the scanner acquired; outside it the image is 0, as at inference) --------------
 FOV_P = 0.7  # probability that the acquired box cuts into the crop at all

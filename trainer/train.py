@@ -102,11 +102,12 @@ def load_checkpoint(path: Path) -> dict:
 
 # ----------------------------------------------------------------------------------------- validation
 def validation_samples(cfg: TrainConfig, maps, generator: Generator) -> list[Sample]:
-    """Fixed validation cases (seeded contrasts, full inference window centred near the joint):
-    the held-out maps for Femur/Tibia, and the fibula map (seen anatomy, unseen contrasts) for the Fibula."""
+    """Fixed validation cases (seeded contrasts, full inference window centred near the joint): the held-out
+    maps, a third of the cases on held-out maps with a fibula (or, lacking one, a training map with a fibula:
+    seen anatomy, unseen contrasts)."""
     rng, gen = np.random.default_rng(cfg.val_seed), torch.Generator().manual_seed(cfg.val_seed)
     val = [i for i, m in enumerate(maps) if m.role == "val"]
-    fib = [i for i, m in enumerate(maps) if m.has_fibula]
+    fib = [i for i in val if maps[i].has_fibula] or [i for i, m in enumerate(maps) if m.has_fibula]
     plan = []
     n_fib = cfg.val_cases // 3 if fib else 0
     for k in range(cfg.val_cases - n_fib):
