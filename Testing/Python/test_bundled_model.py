@@ -41,7 +41,8 @@ def test_the_default_is_the_newest_bundled_version(model):
 def test_every_bundled_version_loads_safely_and_is_small(entry):
     assert (entry.path / "model.safetensors").stat().st_size < MAX_MB * 1e6
     loaded = load_model(entry.path)  # safetensors + checksum; a pickle would be refused
-    assert loaded.card.labels == {1: "Femur", 2: "Tibia", 3: "Fibula"}
+    assert loaded.card.labels in ({1: "Femur", 2: "Tibia", 3: "Fibula"},
+                                  {1: "Femur", 2: "Tibia", 3: "Fibula", 4: "Patella"})
     assert loaded.card.metrics and loaded.card.training.get("steps")
     assert (entry.path / "MODEL_CARD.md").is_file()
 
@@ -87,7 +88,7 @@ def test_dice_floor_on_a_held_out_rendered_case(model, tmp_path):
     image, entry = prepare_map(src)
     labels = sitk.GetArrayFromImage(image)
     m = LabelMap(entry["id"], "val", labels, np.array(image.GetOrigin()), entry["spacing_mm"],
-                 np.array(entry["joint_center_lps"]), np.zeros((0, 3)), entry)
+                 np.array(entry["joint_center_lps"]), {}, entry)
     pre = model.card.preprocessing
     gen = Generator([m], pre.spacing_mm[0], tuple(pre.patch_size), pre.normalization)
     s = gen.sample(np.random.default_rng(11), torch.Generator().manual_seed(11), map_index=0, center=m.joint_center)
