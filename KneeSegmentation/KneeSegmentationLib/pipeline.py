@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from .infer import choose_device, entropy, predict_probabilities
 from .io import validate_image
+from .laterality import drop_specks, laterality_of
 from .modelfile import LoadedModel, default_model, load_model
 from .n4 import n4_correct
 from .postprocess import clean_labels, probabilities_to_labels, resample_channels
@@ -50,6 +51,8 @@ class SegmentationResult:
     joint_center_lps: tuple[float, float, float]
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    laterality: str | None = None  # "left" / "right" knee, from the fibula's side of the tibia (laterality.py)
+    not_found: list[str] = field(default_factory=list)  # bone names absent or below laterality.MIN_BONE_ML
 
 
 def resolve_model(model: Path | str | LoadedModel | None) -> LoadedModel:
@@ -123,8 +126,10 @@ def run_segmentation(
     labels = _timed(timings, "resample back", probabilities_to_labels, prob, grid, image)
     report(0.5)
     labels = _timed(timings, "clean up", clean_labels, labels, image.GetSpacing())
+    labels, not_found = drop_specks(labels, image.GetSpacing())
     labelmap = sitk.GetImageFromArray(labels)
     labelmap.CopyInformation(image)
+    side = laterality_of(labelmap)
     uncertainty = None
     if settings.uncertainty:
         ent, box = resample_channels(entropy(prob)[None], grid, image, np.zeros(1, np.float32))
@@ -138,4 +143,4 @@ def run_segmentation(
     if not labels.any():
         warnings.append("no bone was found; is this a knee MRI? (check the ROI and the echo)")
     return SegmentationResult(labelmap, uncertainty, model.card, str(device), tuple(float(c) for c in center),
-                              timings, warnings)
+                              timings, warnings, side, not_found)
