@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the installed model versions", description="Lists the installed model "
                    "versions with their validation Dice; * marks the default.")
     COMMANDS.update(add_training_commands(sub))  # save-case, cases, retrain, select (cli_training.py)
+    for choice in sub._choices_actions:  # a command's --help starts with what it does and shows defaults
+        command = sub.choices[choice.dest]
+        command.description = command.description or (choice.help[:1].upper() + choice.help[1:] + ".")
+        command.formatter_class = HelpFormatter
     return parser
 
 
