@@ -125,3 +125,14 @@ def test_segment_writes_labelmap_table_and_statistics(tiny_model, knee_file, tmp
     assert ctbl_path.read_text().splitlines()[3].startswith("1 Femur 241 214 145 255")
     stats = json.loads((out / "k.json").read_text())
     assert stats["laterality"] == "right" and stats["segments"][0]["found"] is True
+
+
+def test_missing_highdicom_is_one_clear_line(tmp_path, monkeypatch):
+    import sys
+
+    from KneeSegmentationLib.dicomseg import check_dicom_seg
+    from KneeSegmentationLib.errors import KneeSegError
+
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom -> ImportError
+    with pytest.raises(KneeSegError, match=r"kneesegmentation\[dicom\]"):
+        check_dicom_seg(tmp_path, tmp_path / "k.dcm")
