@@ -90,13 +90,13 @@ def _segment(args: argparse.Namespace) -> int:
     outputs = segment_outputs(args)
     outputs.check(args.image)  # suffixes and DICOM SEG prerequisites, before any work
     from .io import read_image
-    from .pipeline import run_segmentation
+    from .overlap import segment_overlapped
 
     t0 = time.perf_counter()
     image = read_image(args.image, echo=args.echo)
     read_s = time.perf_counter() - t0
     settings = settings_from(args, uncertainty=args.uncertainty is not None)
-    result = _run_with_progress(run_segmentation, image, settings, quiet=args.quiet)
+    result = _run_with_progress(segment_overlapped, image, settings, quiet=args.quiet)
     timings = {"read": read_s, **result.timings}
     t1 = time.perf_counter()
     outputs.write(image, args.image, args.echo, result, title=f"{args.image.name} — {result.model.tag} on {result.device}")

@@ -13,19 +13,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import SimpleITK as sitk
 
-from .infer import choose_device, entropy, predict_probabilities
 from .io import validate_image
 from .laterality import drop_specks, laterality_of
-from .modelfile import LoadedModel, default_model, load_model
 from .n4 import n4_correct
 from .postprocess import clean_labels, probabilities_to_labels, resample_channels
 from .preprocess import RoiBox, image_center, joint_center, model_grid_around, prepare_input, whole_image_grid
 from .progress import CancelToken, Progress, StageProgress, no_progress
+
+if TYPE_CHECKING:
+    from .modelfile import LoadedModel
 
 STAGES = {"N4 bias correction": 25, "Segmenting": 60, "Post-processing": 15}
 
@@ -56,6 +57,8 @@ class SegmentationResult:
 
 
 def resolve_model(model: Path | str | LoadedModel | None) -> LoadedModel:
+    from .modelfile import LoadedModel, default_model, load_model  # torch: imported when a model is needed
+
     if isinstance(model, LoadedModel):
         return model
     return load_model(default_model().path if model is None else Path(model))
@@ -85,6 +88,8 @@ def run_segmentation(
     cancel: CancelToken | None = None,
 ) -> SegmentationResult:
     """Segments Femur, Tibia, Fibula and Patella in ``image`` (any orientation and spacing). See module docstring."""
+    from .infer import choose_device, entropy, predict_probabilities
+
     settings = settings or SegmentationSettings()
     cancel = cancel or CancelToken()
     stages = StageProgress(progress, STAGES)
