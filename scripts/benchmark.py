@@ -10,6 +10,11 @@ threads) are printed beside them because a shared machine inflates wall time but
     python scripts/benchmark.py --model Resources/Models/knee-bones/v1 --device cpu
     python scripts/benchmark.py --timing-model 8,16,32,64   # random weights of that size, when no model exists yet
     python scripts/benchmark.py --cases n4-sample            # one case
+    python scripts/benchmark.py --cases process-sample --repeat 3   # the whole `kneeseg segment` process
+
+"process-sample" times what a user waits for: a fresh ``kneeseg segment SAMPLE -o OUT.seg.nrrd`` (N4 on), from
+process start (interpreter, imports) to the file written, as wall and CPU seconds of the child process; the
+in-process stages it prints are beside it.
 
 The N4 comparison: mean over the tissue (Otsu foreground) of |fast - default| / |default| on the corrected
 images, raw and after scaling each to unit mean there (N4's field is defined up to a constant factor, which
@@ -36,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 SAMPLE = ROOT / "Resources" / "SampleData" / "MESE_T2_knee_echo1.nrrd"
 BIG_SIZE = (384, 384, 160)
 BIG_SPACING = (0.365, 0.365, 0.7)  # the DESS label maps' grid
-CASES = ("pipeline-sample", "pipeline-384", "n4-sample", "n4-384")
-TARGETS = {"pipeline-sample": 5.0, "pipeline-384": 20.0, "peak_mb": 2048.0, "n4_speedup": 30.0, "n4_diff": 0.02}
+CASES = ("process-sample", "pipeline-sample", "pipeline-384", "n4-sample", "n4-384")
+TARGETS = {"process-sample": 5.0, "pipeline-sample": 5.0, "pipeline-384": 20.0, "peak_mb": 2048.0, "n4_speedup": 30.0, "n4_diff": 0.02}
 # Intensities per label of the DESS label maps (0 background, 1-4 cartilages, 5 femur, 6 tibia, 7 patella,
 # 8 fibula, 9-10 menisci): a plausible proton-density-like contrast for a synthetic knee.
 LABEL_INTENSITY = {0: 350.0, 1: 700.0, 2: 700.0, 3: 700.0, 4: 700.0, 5: 520.0, 6: 520.0, 7: 520.0,
@@ -233,8 +238,38 @@ def print_n4(r: dict) -> None:
               f"{100 * ref['uncorrected_diff'][1]:.2f} %")
 
 
+def run_process_case(args: argparse.Namespace, model: str | None, tmp: Path) -> dict:
+    """One whole ``kneeseg segment`` process on the sample: wall from start to exit, CPU of the child."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "KneeSegmentation"), str(ROOT),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    out = tmp / "process.seg.nrrd"
+    cmd = [sys.executable, "-m", "KneeSegmentationLib.cli", "segment", str(SAMPLE), "-o", str(out), "-q",
+           "--device", args.device] + (["--model", model] if model else [])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0 or not out.is_file():
+        return {"case": "process-sample", "error": (proc.stderr or proc.stdout).strip()[-300:]}
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    stages = next((line for line in proc.stdout.splitlines() if line.startswith("timings:")), "")
+    return {"case": "process-sample", "wall_s": wall, "cpu_s": cpu, "stages": stages}
+
+
+def print_process(r: dict) -> None:
+    if "error" in r:
+        print(f"{r['case']:<16} FAILED: {r['error']}")
+        return
+    target = TARGETS[r["case"]]
+    print(f"{r['case']:<16} {'process':<12} {r['wall_s']:7.2f} {r['cpu_s']:7.2f} {'':>8}  "
+          f"(≤{target:g} s wall: {mark(r['wall_s'] <= target)})")
+    print(f"{'':<16} {r['stages']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of process-sample (each printed)")
     parser.add_argument("--model", help="model version folder (default: the default model)")
     parser.add_argument("--timing-model", metavar="FEATURES",
                         help="benchmark a random-weight model with these U-Net features, e.g. 8,16,32,64")
@@ -265,6 +300,10 @@ def main() -> None:
                   f"{args.timing_spacing} mm, patch {args.timing_patch}")
         print(f"{'case':<16} {'size':<12} {'wall s':>7} {'CPU s':>7} {'peak MB':>8}")
         for case in cases:
+            if case == "process-sample":
+                for _ in range(max(1, args.repeat)):
+                    print_process(run_process_case(args, model, Path(tmp)))
+                continue
             result = run_child(case, args, model)
             (print_pipeline if case.startswith("pipeline") else print_n4)(result)
             sys.stdout.flush()

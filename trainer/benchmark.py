@@ -398,7 +398,7 @@ def run_benchmark(model: Path | str | LoadedModel, out_dir: Path, dataset: Path 
     out_dir.mkdir(parents=True, exist_ok=True)
     maps = {m.id: m for m in load_dataset(Path(dataset), ROLES)}
     plan = case_plan(list(maps.values()), cases)
-    show_every = max(1, len(plan) // 6)
+    shown_at = set(np.round(np.linspace(0, len(plan) - 1, min(6, len(plan)))).astype(int).tolist())  # all planes
     rows, shown, plan_info = [], [], []
     for k, case in enumerate(plan):
         m = maps[case.map_id]
@@ -417,7 +417,7 @@ def run_benchmark(model: Path | str | LoadedModel, out_dir: Path, dataset: Path 
         plan_info.append({"case": case.id, **asdict(case), "size": list(image.GetSize()),
                           "spacing_mm": [round(s, 3) for s in image.GetSpacing()],
                           "seconds_render": round(t_render, 2), "seconds_pipeline": round(seconds, 2)})
-        if k % show_every == 0 and len(shown) < 6:
+        if k in shown_at:
             z = _best_slice(truth)
             shown.append((case, sitk.GetArrayViewFromImage(image)[z].copy(), truth[z], pred[z]))
         log(f"[{k + 1}/{len(plan)}] {case.id} {case.contrast}: "

@@ -36,12 +36,12 @@ def add_training_commands(sub: argparse._SubParsersAction) -> dict[str, Callable
                                                      "segmentation's tags)")
 
     p = sub.add_parser("cases", help="list the saved training cases")
-    p.add_argument("--dataset", type=Path)
+    p.add_argument("--dataset", type=Path, help="cases folder (default: as for save-case)")
 
     p = sub.add_parser("retrain", help="fine-tune the model on the saved cases, as a new version")
     p.add_argument("--cases", type=Path, help="cases folder (default: as for save-case)")
     p.add_argument("--model", type=Path, help="model version folder to start from (default: the default model)")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=200, help="fine-tuning steps")
     p.add_argument("--synthetic", type=Path, help="the trainer's synthesis dataset (default $KNEESEG_SYNTH_DATASET "
                                                   "or ~/.kneesegmentation/SynthDataset)")
     p.add_argument("--root", type=Path, help="models root for the new version (default: user models)")
@@ -53,7 +53,7 @@ def add_training_commands(sub: argparse._SubParsersAction) -> dict[str, Callable
     p.add_argument("--no-n4", action="store_true", help="comparison without N4")
     p.add_argument("--trainer-arg", action="append", default=[], metavar="ARG",
                    help="extra option for `python -m trainer finetune` (repeat), e.g. --trainer-arg=--crop=48,48,48")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
     p = sub.add_parser("select", help="make a model version the default (rollback to an older one)")
     p.add_argument("model", help="model folder or tag (name/vN)")

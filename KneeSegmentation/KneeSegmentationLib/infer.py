@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .constants import DEVICES  # noqa: F401 (re-exported)
 from .errors import InputError
 from .progress import CancelToken
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 WINDOW_OVERLAP = 0.5  # fraction of a window shared with its neighbour
 GAUSSIAN_SIGMA = 0.125  # of the window size: centre voxels weigh more than border voxels when blending
 MIN_WINDOW = 32

@@ -366,7 +366,8 @@ class SegmentationLogic:
         try:
             node = labelmap_to_segmentation(self.scene, result.labelmap, volume_node,
                                             name=volume_node.GetName() + OUTPUT_NAME_SUFFIX,
-                                            segmentation_node=output_node, model_tag=result.model.tag)
+                                            segmentation_node=output_node, model_tag=result.model.tag,
+                                            laterality=result.laterality)
         except Exception:
             remove_nodes_added_since(self.scene, before)  # a failed apply leaves no half-made node behind
             raise

@@ -246,8 +246,10 @@ class ModelEntry:
 
 
 def bundled_models_root() -> Path:
-    """``Resources/Models`` of this checkout or installed extension."""
-    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    """``Resources/Models`` of this checkout, installed extension or pip-installed package."""
+    from .resources import resources_root
+
+    return resources_root() / "Models"
 
 
 def user_models_root() -> Path:

@@ -13,18 +13,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import SimpleITK as sitk
 
-from .infer import choose_device, entropy, predict_probabilities
 from .io import validate_image
-from .modelfile import LoadedModel, default_model, load_model
+from .laterality import drop_specks, laterality_of
 from .n4 import n4_correct
 from .postprocess import clean_labels, probabilities_to_labels, resample_channels
 from .preprocess import RoiBox, image_center, joint_center, model_grid_around, prepare_input, whole_image_grid
 from .progress import CancelToken, Progress, StageProgress, no_progress
+
+if TYPE_CHECKING:
+    from .modelfile import LoadedModel
 
 STAGES = {"N4 bias correction": 25, "Segmenting": 60, "Post-processing": 15}
 
@@ -50,9 +52,13 @@ class SegmentationResult:
     joint_center_lps: tuple[float, float, float]
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    laterality: str | None = None  # "left" / "right" knee, from the fibula's side of the tibia (laterality.py)
+    not_found: list[str] = field(default_factory=list)  # bone names absent or below laterality.MIN_BONE_ML
 
 
 def resolve_model(model: Path | str | LoadedModel | None) -> LoadedModel:
+    from .modelfile import LoadedModel, default_model, load_model  # torch: imported when a model is needed
+
     if isinstance(model, LoadedModel):
         return model
     return load_model(default_model().path if model is None else Path(model))
@@ -82,6 +88,8 @@ def run_segmentation(
     cancel: CancelToken | None = None,
 ) -> SegmentationResult:
     """Segments Femur, Tibia, Fibula and Patella in ``image`` (any orientation and spacing). See module docstring."""
+    from .infer import choose_device, entropy, predict_probabilities
+
     settings = settings or SegmentationSettings()
     cancel = cancel or CancelToken()
     stages = StageProgress(progress, STAGES)
@@ -124,8 +132,10 @@ def run_segmentation(
     report(0.5)
     labels = _timed(timings, "clean up", clean_labels, labels, image.GetSpacing(),
                     image.GetDirection())
+    labels, not_found = drop_specks(labels, image.GetSpacing())
     labelmap = sitk.GetImageFromArray(labels)
     labelmap.CopyInformation(image)
+    side = laterality_of(labelmap)
     uncertainty = None
     if settings.uncertainty:
         ent, box = resample_channels(entropy(prob)[None], grid, image, np.zeros(1, np.float32))
@@ -139,4 +149,4 @@ def run_segmentation(
     if not labels.any():
         warnings.append("no bone was found; is this a knee MRI? (check the ROI and the echo)")
     return SegmentationResult(labelmap, uncertainty, model.card, str(device), tuple(float(c) for c in center),
-                              timings, warnings)
+                              timings, warnings, side, not_found)

@@ -4,6 +4,8 @@ The source tree keeps ``Resources/`` beside ``KneeSegmentation/`` (the module an
 extension build copies the resources to the same relative place (``<lib>/Slicer-X.Y/Resources`` beside
 ``qt-scripted-modules/``; see ``KneeSegmentation/CMakeLists.txt``). So one rule, two levels above this
 package, finds them in both; ``modelfile.bundled_models_root`` uses the same rule for ``Resources/Models``.
+A ``pip install`` of the project carries the same folder inside the package (``KneeSegmentationLib/Resources``),
+the fallback.
 No Qt here, so the sample registration data can be tested outside Slicer.
 """
 from __future__ import annotations
@@ -22,7 +24,13 @@ CHECKSUM_SUFFIX = ".sha256"
 
 
 def resources_root() -> Path:
-    return Path(__file__).resolve().parents[2] / "Resources"
+    """``Resources/`` two levels above this package (source tree, Slicer extension), else the copy that
+    ``pip install`` puts inside the package (``KneeSegmentationLib/Resources``, see pyproject.toml)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "Resources", here / "Resources"):
+        if (candidate / "Models").is_dir():
+            return candidate
+    return here.parents[1] / "Resources"
 
 
 def ui_file() -> Path:

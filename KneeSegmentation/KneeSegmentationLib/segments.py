@@ -19,6 +19,7 @@ from .constants import BONES, CATEGORY_CODE, CATEGORY_MEANING, MODEL_TAG, SNOMED
 from .errors import InputError
 from .files import write_atomically
 from .mrml import image_from_volume_node, segmentations_logic, volume_node_from_image
+from .terminology import terminology_string
 
 
 def terminology_entry(bone: Bone) -> str:
@@ -33,10 +34,11 @@ def terminology_entry(bone: Bone) -> str:
     return slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(entry)
 
 
-def _style_segment(segment, bone: Bone, model_tag: str | None) -> None:
+def _style_segment(segment, bone: Bone, model_tag: str | None, laterality: str | None = None) -> None:
     segment.SetName(bone.name)
     segment.SetColor(*bone.color)
-    segment.SetTag(segment.GetTerminologyEntryTagName(), terminology_entry(bone))
+    entry = terminology_entry(bone) if laterality is None else terminology_string(bone, laterality)
+    segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
     if model_tag:
         segment.SetTag(MODEL_TAG, model_tag)
 
@@ -53,10 +55,11 @@ def model_tag_of(segmentation_node) -> str | None:
 
 
 def labelmap_to_segmentation(scene, labelmap: sitk.Image, reference_volume_node, name: str = "Knee segmentation",
-                             segmentation_node=None, model_tag: str | None = None):
+                             segmentation_node=None, model_tag: str | None = None, laterality: str | None = None):
     """Creates (or fills ``segmentation_node``, whose segments are replaced) a segmentation node with one
     segment per bone present in ``labelmap``; every bone absent from it still gets an empty segment, so
-    the user always finds every bone to edit (a model made before the Patella class leaves it empty)."""
+    the user always finds every bone to edit (a model made before the Patella class leaves it empty).
+    ``laterality`` ("left"/"right", see ``laterality.py``) goes into the terminology's anatomic-region modifier."""
     if labelmap.GetDimension() != 3:
         raise InputError("a labelmap must be 3D")
     array = sitk.GetArrayViewFromImage(labelmap)
@@ -80,7 +83,7 @@ def labelmap_to_segmentation(scene, labelmap: sitk.Image, reference_volume_node,
             segment_id = by_label.get(bone.label)
             if segment_id is None:
                 segment_id = segmentation.AddEmptySegment(bone.name, bone.name, list(bone.color))
-            _style_segment(segmentation.GetSegment(segment_id), bone, model_tag)
+            _style_segment(segmentation.GetSegment(segment_id), bone, model_tag, laterality)
         _order_segments(segmentation)
     finally:
         scene.RemoveNode(label_node)
