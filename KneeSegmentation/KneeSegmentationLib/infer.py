@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .constants import DEVICES  # noqa: F401 (re-exported)
 from .errors import InputError

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from trainer import sdist as sdist_module
+
 from KneeSegmentationLib.errors import DatasetError
 from trainer import mskt
 
@@ -45,12 +47,12 @@ def test_extracts_only_wanted_regular_files_inside_the_destination(tmp_path: Pat
 
 
 def test_a_download_with_the_wrong_checksum_is_refused(tmp_path: Path, monkeypatch) -> None:
-    def fake_download(folder: Path) -> Path:
+    def fake_download(_sdist, folder: Path) -> Path:
         fake = folder / mskt.SDIST_NAME
         fake.write_bytes(b"not the sdist")
         return fake
 
-    monkeypatch.setattr(mskt, "_pip_download", fake_download)
+    monkeypatch.setattr(sdist_module, "_pip_download", fake_download)
     with pytest.raises(DatasetError, match="expected b49ffa49"):
         mskt.fetch_mskt(tmp_path)
     assert not (tmp_path / mskt.SDIST_NAME).exists()

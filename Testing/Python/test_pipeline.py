@@ -9,10 +9,9 @@ import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import Cancelled, InputError, ModelError
 from KneeSegmentationLib.modelfile import load_model
-from KneeSegmentationLib.modelfile import load_model
 from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
 from KneeSegmentationLib.preprocess import (RoiBox, joint_center, model_grid_around, physical_bounds,
-                                            resample_to_grid, whole_image_grid)
+                                            whole_image_grid)
 from KneeSegmentationLib.progress import CancelToken
 
 from phantom import phantom, phantom_image, phantom_labels

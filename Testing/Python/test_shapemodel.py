@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from trainer import sdist as sdist_module
 import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import DatasetError
@@ -99,11 +101,11 @@ def test_extraction_takes_only_wanted_regular_files(tmp_path: Path) -> None:
 
 
 def test_a_download_with_the_wrong_checksum_is_refused(tmp_path: Path, monkeypatch) -> None:
-    def fake_download(folder: Path) -> Path:
+    def fake_download(_sdist, folder: Path) -> Path:
         (folder / S.SDIST_NAME).write_bytes(b"not the sdist")
         return folder / S.SDIST_NAME
 
-    monkeypatch.setattr(S, "_pip_download", fake_download)
+    monkeypatch.setattr(sdist_module, "_pip_download", fake_download)
     with pytest.raises(DatasetError, match="expected 4aec4179"):
         S.fetch_llp26(tmp_path)
 
