@@ -294,7 +294,7 @@ class RetrainJob:
         return [s.python, "-m", "trainer", "finetune", "--model", str(self.parent),
                 "--cases", str(self._work / "train_cases"), "--dataset", str(self.synthetic),
                 "--run", str(self._work / "run"), "--root", str(self.root), "--steps", str(s.steps),
-                "--fresh", *s.trainer_args]
+                "--fresh", "--workers", "0", *s.trainer_args]  # no grandchild to outlive a killed run
 
     def start(self) -> "RetrainJob":
         self._resolve()
