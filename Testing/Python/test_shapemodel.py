@@ -18,7 +18,9 @@ from trainer import sdist as sdist_module
 import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import DatasetError
+from trainer import meshes as M
 from trainer import shapemodel as S
+from trainer import voxelize as V
 from trainer.dataset import SourceMap, prepare_map
 
 ACCEPTED_SEED = 3  # an N(0, 1) training draw whose bones do not interpenetrate (checked)
@@ -126,7 +128,7 @@ def test_bone_surfaces_are_closed_and_outward() -> None:
     assert set(surfaces) == {"femur", "patella", "tibia", "fibula"}
     volumes = {}
     for bone, (pts, tris) in surfaces.items():
-        assert S.open_edges(tris) == 0, bone
+        assert M.open_edges(tris) == 0, bone
         a, b, c = pts[tris[:, 0]], pts[tris[:, 1]], pts[tris[:, 2]]
         volumes[bone] = np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6000.0
     assert 300 < volumes["femur"] < 800 and 200 < volumes["tibia"] < 500  # whole bones, ml
@@ -140,13 +142,13 @@ def test_an_accepted_draw_gives_four_bones_in_lps() -> None:
     assert set(np.unique(arr)) == {0, 1, 2, 4, 5, 6, 7, 8}
     vol = info["volumes_ml"]
     assert 50 < vol["femur"] < 500 and 50 < vol["tibia"] < 500 and 5 < vol["patella"] < 40 and vol["fibula"] > 3
-    assert all(v <= S.OVERLAP_LIMIT_ML for v in info["overlaps_ml"].values())
+    assert all(v <= V.OVERLAP_LIMIT_ML for v in info["overlaps_ml"].values())
     centre = {v: np.array(image.TransformContinuousIndexToPhysicalPoint(np.argwhere(arr == v).mean(0)[::-1].tolist()))
               for v in (5, 6, 7, 8)}
     assert centre[5][2] > centre[6][2] + 50  # femur superior (+z) to the tibia
     assert centre[7][1] < centre[5][1] - 10  # patella anterior (-y)
     assert centre[8][0] > centre[6][0] + 5  # left knee: fibula lateral = +x (left)
-    assert image.GetSize()[2] in (2 * S.HALF_LENGTH_MM + 1, 2 * S.HALF_LENGTH_MM + 2)
+    assert image.GetSize()[2] in (2 * V.HALF_LENGTH_MM + 1, 2 * V.HALF_LENGTH_MM + 2)
     right, _ = S.rasterize(S.load_model(models()).draw(ACCEPTED_SEED, side="right"), 1.0, models())
     r = sitk.GetArrayFromImage(right)
     fib, tib = (right.TransformContinuousIndexToPhysicalPoint(np.argwhere(r == v).mean(0)[::-1].tolist())[0]
@@ -158,14 +160,14 @@ def test_interpenetrating_bones_are_refused() -> None:
     nodes, _, _ = accepted()
     pushed = dict(nodes)
     pushed["tibia_fibula"] = nodes["tibia_fibula"] + [0.0, 0.0, 8.0]  # tibia 8 mm up into the femur
-    with pytest.raises(S.DrawRefused, match="femur/tibia") as refusal:
+    with pytest.raises(V.DrawRefused, match="femur/tibia") as refusal:
         S.rasterize(pushed, 1.0, models())
-    assert refusal.value.overlaps["femur/tibia"] > S.OVERLAP_LIMIT_ML
+    assert refusal.value.overlaps["femur/tibia"] > V.OVERLAP_LIMIT_ML
     a = np.zeros((10, 10, 10), bool)
     a[2:8, 2:8, 2:8] = True
-    assert S.overlap_ml({"femur": a, "tibia": np.roll(a, 3, axis=0)}, 1.0) == {"femur/tibia": 0.108}
-    with pytest.raises(S.DrawRefused):
-        S.check_overlap({"femur": a, "tibia": np.roll(a, 1, axis=0)}, 2.0)  # 180 voxels of 8 ul = 1.44 ml
+    assert V.overlap_ml({"femur": a, "tibia": np.roll(a, 3, axis=0)}, 1.0) == {"femur/tibia": 0.108}
+    with pytest.raises(V.DrawRefused):
+        V.check_overlap({"femur": a, "tibia": np.roll(a, 1, axis=0)}, 2.0)  # 180 voxels of 8 ul = 1.44 ml
 
 
 def test_seed_ranges_are_disjoint() -> None:
