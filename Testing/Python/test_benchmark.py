@@ -1,4 +1,5 @@
-"""The fixed benchmark (trainer/benchmark.py): rendering on acquisition grids, case plan, scoring, outputs."""
+"""The fixed benchmark (trainer/benchmark.py, trainer/render.py): rendering on acquisition grids, case plan,
+scoring, outputs."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from trainer import benchmark as B
+from trainer import render as R
 from trainer import tissues as T
 from trainer.dataset import load_dataset
 from trainer_data import make_tiny_dataset
@@ -35,11 +37,11 @@ def _femur_ml_inside(m, image: sitk.Image) -> float:
     return float(inside.sum()) * m.spacing**3 / 1000
 
 
-@pytest.mark.parametrize("plane", B.PLANES)
+@pytest.mark.parametrize("plane", R.PLANES)
 def test_render_case_geometry_and_truth(held_out, plane):
     m = held_out[0]
     case = B.case_for(m, plane)
-    image, truth = B.render_case(m, plane, case.contrast, case.seed)
+    image, truth = R.render_case(m, plane, case.contrast, case.seed)
     assert image.GetPixelID() == sitk.sitkFloat32 and truth.GetPixelID() == sitk.sitkUInt8
     assert truth.GetSize() == image.GetSize() and truth.GetDirection() == image.GetDirection()
     d = np.reshape(image.GetDirection(), (3, 3))
@@ -48,9 +50,9 @@ def test_render_case_geometry_and_truth(held_out, plane):
     assert abs(d[normal, 2]) > 0.95  # slices stacked along the plane's normal (a few degrees oblique)
     sx, sy, sz = image.GetSpacing()
     nx, ny, nz = image.GetSize()
-    assert sx == sy and B.INPLANE_MM[0] <= sx <= B.INPLANE_MM[1]
-    assert B.FOV_MM[0] - 1 <= nx * sx <= B.FOV_MM[1] + 1 and nx == ny
-    assert B.THICKNESS_MM[0] <= sz <= B.THICKNESS_MM[1] + B.GAP_MM[1] and B.SLICES[0] <= nz <= B.SLICES[1]
+    assert sx == sy and R.INPLANE_MM[0] <= sx <= R.INPLANE_MM[1]
+    assert R.FOV_MM[0] - 1 <= nx * sx <= R.FOV_MM[1] + 1 and nx == ny
+    assert R.THICKNESS_MM[0] <= sz <= R.THICKNESS_MM[1] + R.GAP_MM[1] and R.SLICES[0] <= nz <= R.SLICES[1]
     a = sitk.GetArrayFromImage(image)
     assert np.all(np.isfinite(a)) and a.std() > 0
     t = sitk.GetArrayFromImage(truth)
@@ -68,12 +70,13 @@ def test_render_case_geometry_and_truth(held_out, plane):
 def test_case_plan_is_deterministic(held_out):
     plan = B.case_plan(held_out, "all")
     assert plan == B.case_plan(held_out, "all")
-    assert len(plan) == len(held_out) * len(B.PLANES) and len({c.seed for c in plan}) == len(plan)
-    assert len(B.case_plan(held_out, "quick")) == 3
-    assert {c.contrast for c in plan} == set(B.CONTRASTS)  # one map: the contrasts rotate over its planes
+    assert len(plan) == len(held_out) * len(R.PLANES) and len({c.seed for c in plan}) == len(plan)
+    quick = B.case_plan(held_out, "quick")
+    assert len(quick) == 3 and {c.plane for c in quick} == set(B.PLANES) and {c.contrast for c in quick} == set(B.CONTRASTS)
+    assert {c.contrast for c in plan} == set(R.CONTRASTS)  # one map: the contrasts rotate over its planes
     c = plan[0]
-    first = sitk.GetArrayFromImage(B.render_case(held_out[0], c.plane, c.contrast, c.seed)[0]).tobytes()
-    again = sitk.GetArrayFromImage(B.render_case(held_out[0], c.plane, c.contrast, c.seed)[0]).tobytes()
+    first = sitk.GetArrayFromImage(R.render_case(held_out[0], c.plane, c.contrast, c.seed)[0]).tobytes()
+    again = sitk.GetArrayFromImage(R.render_case(held_out[0], c.plane, c.contrast, c.seed)[0]).tobytes()
     assert first == again
     with pytest.raises(ValueError):
         B.case_plan(held_out, "some")
