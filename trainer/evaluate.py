@@ -41,7 +41,7 @@ METRIC_NAMES = ("dice", "hd95_mm", "msd_mm", "volume_error", "ece")
 
 def model_from_run(run: Path) -> LoadedModel:
     """The best weights of a run folder as a ``LoadedModel`` (evaluation before export)."""
-    from .train import BEST, load_checkpoint
+    from .runfolder import BEST, load_checkpoint
 
     cfg = TrainConfig.load(Path(run) / "config.json")
     state = load_checkpoint(Path(run) / BEST)["model"]

@@ -22,7 +22,7 @@ from KneeSegmentationLib.network import UNet3D, config_of_state, count_parameter
 from . import ranges
 from .config import TrainConfig
 from .dataset import read_manifest
-from .train import BEST, LAST, load_checkpoint
+from .runfolder import BEST, LAST, load_checkpoint
 
 MODEL_CARD_MD = "MODEL_CARD.md"
 

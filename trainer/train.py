@@ -1,22 +1,16 @@
 """The training loop: plain PyTorch, synthetic batches on the fly, Dice + CE, AdamW, warm-up + cosine decay.
 
-A run lives in one folder (``run_dir``): ``config.json``, ``last.pt`` (exact resume: model, optimizer,
-scheduler, AMP scaler, step, best score; each step's batch is a function of (seed, rank, step), so background
-workers render exactly what a resumed run would), ``best.pt`` (weights with the best
-validation score), ``train.csv``, ``val.csv`` and ``curves.png``. Checkpoints are written atomically, so
-a killed run resumes from the last one. Creating a file named ``STOP`` in the run folder ends the run
-cleanly at the next step. Under ``torchrun`` the model is wrapped in DistributedDataParallel (NCCL on GPU,
-gloo on CPU); each rank draws its own samples, rank 0 validates, logs and saves.
+Each step's batch is a function of (seed, rank, step), so background workers render exactly what a resumed
+run would. The run folder and its files (``last.pt`` for an exact resume, ``best.pt``, the CSV logs, the
+curves, ``STOP``) are ``runfolder.py``'s; torchrun, the learning-rate schedule and the time budget are
+``schedule.py``'s.
 """
 from __future__ import annotations
 
-import csv
 import itertools
 import math
-import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,72 +27,9 @@ from .config import TrainConfig
 from .dataset import load_dataset
 from .generator import Generator, Sample
 from .losses import dice_ce_loss
-
-LAST, BEST, STOP_FILE = "last.pt", "best.pt", "STOP"
-CALIBRATION_STEPS = 30
-VALIDATION_SHARE = 0.93  # fraction of the remaining budget assumed spent on training steps (rest: validation)
-TRAIN_COLUMNS = ["step", "elapsed_s", "lr", "loss", "ce", "dice_loss", "s_per_step"]
-VAL_COLUMNS = ["step", *(f"dice_{b.name.lower()}" for b in BONES), "score"]
-
-
-# ------------------------------------------------------------------------------------------ distributed
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> Dist:
-    """Reads torchrun's environment; a single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world <= 1:
-        return Dist(0, 1, torch.device("cuda" if cuda else "cpu"))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
-    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return Dist(rank, world, device)
-
-
-# ------------------------------------------------------------------------------------------- schedule
-def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-# ------------------------------------------------------------------------------------------ rng state
-def rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict:
-    return {"numpy": rng.bit_generator.state, "torch_gen": gen.get_state(), "torch": torch.get_rng_state(),
-            "python": random.getstate()}
-
-
-def set_rng_state(state: dict, rng: np.random.Generator, gen: torch.Generator) -> None:
-    rng.bit_generator.state = state["numpy"]
-    gen.set_state(state["torch_gen"])
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    # Tensors, numbers and RNG states only: loads without unpickling arbitrary objects.
-    return torch.load(path, map_location="cpu", weights_only=True)
-
+from .runfolder import (BEST, LAST, STOP_FILE, TRAIN_COLUMNS, VAL_COLUMNS, append_csv, atomic_save,
+                        load_checkpoint, plot_curves, rewrite_csv, rng_state, set_rng_state)
+from .schedule import CALIBRATION_STEPS, Dist, fit_budget, lr_factor, setup_distributed
 
 # ----------------------------------------------------------------------------------------- validation
 def validation_samples(cfg: TrainConfig, maps, generator: Generator) -> list[Sample]:
@@ -144,73 +75,6 @@ def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device) 
     out["score"] = float(np.mean(scores)) if scores else 0.0
     out["cases"] = per_case
     return out
-
-
-# ---------------------------------------------------------------------------------------------- logs
-def _rewrite_csv(path: Path, columns: list[str], keep_until: int) -> None:
-    """After a resume: drop log rows written after the checkpoint, so the logs match the restored state."""
-    if not path.is_file():
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerow(columns)
-        return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, columns)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _append_csv(path: Path, columns: list[str], row: dict) -> None:
-    with open(path, "a", newline="") as f:
-        csv.DictWriter(f, columns, extrasaction="ignore").writerow(row)
-
-
-def plot_curves(run_dir: Path) -> Path:
-    """``curves.png``: training loss and validation Dice per bone."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def read(p):
-        if not p.is_file():
-            return []
-        with open(p, newline="") as f:
-            return list(csv.DictReader(f))
-
-    tr, va = read(run_dir / "train.csv"), read(run_dir / "val.csv")
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    if tr:
-        a.plot([int(r["step"]) for r in tr], [float(r["loss"]) for r in tr], lw=0.8)
-    a.set(xlabel="step", ylabel="loss (Dice + CE)", title="training loss")
-    for bone in BONES:
-        key = f"dice_{bone.name.lower()}"
-        pts = [(int(r["step"]), float(r[key])) for r in va if r.get(key) not in (None, "", "nan")]
-        if pts:
-            b.plot(*zip(*pts), marker="o", ms=3, color=bone.color, label=bone.name)
-    b.set(xlabel="step", ylabel="Dice", title="validation Dice", ylim=(0, 1))
-    b.legend(loc="lower right")
-    fig.tight_layout()
-    out = run_dir / "curves.png"
-    tmp = run_dir / ".curves.tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
-
-
-def _fit_budget(cfg: TrainConfig, d: Dist, step: int, elapsed_s: float, recent: list[float], run: Path) -> None:
-    """Sets ``cfg.steps`` so the run ends with the time budget (validation time included in the estimate)."""
-    per_step = torch.tensor([elapsed_s / max(step, 1) if not recent else
-                             max(float(np.mean(recent)), elapsed_s / max(step, 1) * 0.5)])
-    if d.world > 1:
-        dist.broadcast(per_step, 0)
-    remaining = cfg.budget_minutes * 60 - elapsed_s
-    cfg.steps = max(step + 1, step + int(remaining / float(per_step) * VALIDATION_SHARE))
-    recent.clear()
-    if d.main:
-        cfg.save(run / "config.json")
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -360,8 +224,8 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
         set_rng_state(ck["rng"][d.rank], rng, gen)
         log(f"resumed {run / LAST} at step {step}") if d.main else None
     if d.main:
-        _rewrite_csv(run / "train.csv", TRAIN_COLUMNS, step)
-        _rewrite_csv(run / "val.csv", VAL_COLUMNS, step)
+        rewrite_csv(run / "train.csv", TRAIN_COLUMNS, step)
+        rewrite_csv(run / "val.csv", VAL_COLUMNS, step)
 
     def checkpoint() -> None:
         states = [rng_state(rng, gen)]
@@ -369,7 +233,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
             states = [None] * d.world
             dist.all_gather_object(states, rng_state(rng, gen))
         if d.main:
-            _atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "scaler": scaler.state_dict(), "step": step, "best": best, "bad": bad,
                           "elapsed_s": elapsed0 + time.perf_counter() - t_start, "rng": states,
                           "config": cfg.__dict__}, run / LAST)
@@ -401,19 +265,19 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
             row = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "ce", "dice_loss")}
             row.update(step=step, elapsed_s=round(elapsed0 + time.perf_counter() - t_start, 1),
                        lr=opt.param_groups[0]["lr"], s_per_step=round(float(np.mean([w["t"] for w in window])), 3))
-            _append_csv(run / "train.csv", TRAIN_COLUMNS, row)
+            append_csv(run / "train.csv", TRAIN_COLUMNS, row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", s_step=row["s_per_step"])
             window = []
         if cfg.budget_minutes and (step == CALIBRATION_STEPS or step % cfg.val_every == 0):
-            _fit_budget(cfg, d, step, elapsed0 + time.perf_counter() - t_start, recent, run)
+            fit_budget(cfg, d, step, elapsed0 + time.perf_counter() - t_start, recent, run)
             bar.total = cfg.steps
         flags = torch.zeros(2)
         if d.main and (step % cfg.val_every == 0 or step == cfg.steps):
             res = validate(net, val_samples, d.device)
-            _append_csv(run / "val.csv", VAL_COLUMNS, {"step": step, **res})
+            append_csv(run / "val.csv", VAL_COLUMNS, {"step": step, **res})
             if res["score"] > best:
                 best, bad = res["score"], 0
-                _atomic_save({"model": net.state_dict(), "step": step, "validation": res}, run / BEST)
+                atomic_save({"model": net.state_dict(), "step": step, "validation": res}, run / BEST)
             else:
                 bad += 1
             plot_curves(run)
@@ -435,7 +299,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
             break
     bar.close()
     if d.main and not (run / BEST).is_file():  # e.g. a tiny run that never validated
-        _atomic_save({"model": net.state_dict(), "step": step, "validation": {}}, run / BEST)
+        atomic_save({"model": net.state_dict(), "step": step, "validation": {}}, run / BEST)
     summary = {"steps": step, "elapsed_s": elapsed0 + time.perf_counter() - t_start, "best_score": best,
                "stop_reason": stop_reason, "world_size": d.world, "device": str(d.device)}
     if d.main:

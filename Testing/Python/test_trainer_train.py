@@ -15,7 +15,9 @@ from KneeSegmentationLib.network import UNet3D, UNetConfig
 from trainer.dataset import load_dataset
 from trainer.generator import Generator
 from trainer.losses import dice_ce_loss
-from trainer.train import BEST, LAST, STOP_FILE, BatchSource, load_checkpoint, lr_factor, train
+from trainer.runfolder import BEST, LAST, STOP_FILE, load_checkpoint
+from trainer.schedule import lr_factor
+from trainer.train import BatchSource, train
 
 from trainer_data import TINY_CROP, TINY_SPACING, make_tiny_dataset, tiny_config
 

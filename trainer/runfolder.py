@@ -1,0 +1,105 @@
+"""A training run's folder and the files in it: checkpoints, logs and the curves plot.
+
+``run_dir`` holds ``config.json``, ``last.pt`` (exact resume: model, optimizer, scheduler, AMP scaler, step,
+best score and every rank's RNG state), ``best.pt`` (weights with the best validation score), ``train.csv``,
+``val.csv`` and ``curves.png``. Checkpoints are written atomically (a temporary file, then a rename), so a
+killed run resumes from the last one, and hold only tensors, numbers and RNG states, so they load with
+``torch.load(weights_only=True)``. After a resume the logs are cut back to the checkpoint's step, so they
+match the restored state. Creating a file named ``STOP`` in the folder ends the run cleanly at the next step.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from KneeSegmentationLib.constants import BONES
+
+LAST, BEST, STOP_FILE = "last.pt", "best.pt", "STOP"
+TRAIN_COLUMNS = ["step", "elapsed_s", "lr", "loss", "ce", "dice_loss", "s_per_step"]
+VAL_COLUMNS = ["step", *(f"dice_{b.name.lower()}" for b in BONES), "score"]
+
+
+# ------------------------------------------------------------------------------------------ rng state
+def rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict:
+    return {"numpy": rng.bit_generator.state, "torch_gen": gen.get_state(), "torch": torch.get_rng_state(),
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict, rng: np.random.Generator, gen: torch.Generator) -> None:
+    rng.bit_generator.state = state["numpy"]
+    gen.set_state(state["torch_gen"])
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    # Tensors, numbers and RNG states only: loads without unpickling arbitrary objects.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------- logs
+def rewrite_csv(path: Path, columns: list[str], keep_until: int) -> None:
+    """After a resume: drop log rows written after the checkpoint, so the logs match the restored state."""
+    if not path.is_file():
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerow(columns)
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def append_csv(path: Path, columns: list[str], row: dict) -> None:
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, columns, extrasaction="ignore").writerow(row)
+
+
+def plot_curves(run_dir: Path) -> Path:
+    """``curves.png``: training loss and validation Dice per bone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def read(p):
+        if not p.is_file():
+            return []
+        with open(p, newline="") as f:
+            return list(csv.DictReader(f))
+
+    tr, va = read(run_dir / "train.csv"), read(run_dir / "val.csv")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    if tr:
+        a.plot([int(r["step"]) for r in tr], [float(r["loss"]) for r in tr], lw=0.8)
+    a.set(xlabel="step", ylabel="loss (Dice + CE)", title="training loss")
+    for bone in BONES:
+        key = f"dice_{bone.name.lower()}"
+        pts = [(int(r["step"]), float(r[key])) for r in va if r.get(key) not in (None, "", "nan")]
+        if pts:
+            b.plot(*zip(*pts), marker="o", ms=3, color=bone.color, label=bone.name)
+    b.set(xlabel="step", ylabel="Dice", title="validation Dice", ylim=(0, 1))
+    b.legend(loc="lower right")
+    fig.tight_layout()
+    out = run_dir / "curves.png"
+    tmp = run_dir / ".curves.tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
