@@ -86,14 +86,18 @@ def held_out_maps(maps: list[LabelMap]) -> list[LabelMap]:
 
 
 def case_plan(maps: list[LabelMap], cases: str = "all") -> list[Case]:
-    """``all``: every (held-out map, plane); ``quick``: one case per plane, on the first maps (3 cases)."""
+    """``all``: every (held-out map, plane); ``quick``: 3 cases, one per plane and one per contrast."""
     maps = held_out_maps(maps)
     if not maps:
         raise DatasetError("the benchmark needs maps of role 'val' or 'test'")
     if cases == "all":
         return [case_for(m, p) for m in maps for p in PLANES]
-    if cases == "quick":
-        return [case_for(maps[j % len(maps)], p) for j, p in enumerate(PLANES)]
+    if cases == "quick":  # each plane once, each contrast once, on different maps where the dataset allows
+        names, quick = list(CONTRASTS), []
+        for j, p in enumerate(PLANES):
+            options = [case_for(maps[(j + i) % len(maps)], p) for i in range(len(maps))]
+            quick.append(next((c for c in options if c.contrast == names[j % len(names)]), options[0]))
+        return quick
     raise ValueError(f"cases must be 'all' or 'quick', not {cases!r}")
 
 
@@ -180,9 +184,14 @@ def summary_line(summary: dict) -> str:
         line += f"; missed {', '.join(missed)}"
     echo = summary.get("echo_consistency")
     if echo:
-        vals = [(b.name, echo[b.name]["pairwise_dice_min"]) for b in BONES if b.name in echo]
-        line += "; echo consistency " + " / ".join(
-            f"{n} {v:.3f}" if v is not None else f"{n} nan" for n, v in vals) + " (min pairwise Dice)"
+        def echo_text(name: str) -> str:  # a bone found at no echo is "none", not a perfect 1.000
+            v = echo[name]
+            if not any(echo[name].get("volume_ml") or [0]):
+                return f"{name} none"
+            return f"{name} {v['pairwise_dice_min']:.3f}" if v["pairwise_dice_min"] is not None else f"{name} nan"
+
+        line += ("; echo consistency " + " / ".join(echo_text(b.name) for b in BONES if b.name in echo)
+                 + " (min pairwise Dice)")
     return line + f"; {summary['seconds']:.0f} s"
 
 
