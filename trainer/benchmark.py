@@ -45,7 +45,7 @@ from KneeSegmentationLib.modelfile import LoadedModel, load_model
 from .dataset import LabelMap, load_dataset
 from .render import CONTRASTS, PLANES, render_case
 
-BENCHMARK_VERSION = "kneeseg-benchmark/1"
+BENCHMARK_VERSION = "kneeseg-benchmark/2"  # 2: HD95 as the larger directed 95th percentile
 DEFAULT_DATASET = Path("runs/dataset3")
 ROLES = ("val", "test")  # held-out maps only, in this order
 CSV_COLUMNS = ("model", "case", "map", "role", "plane", "contrast", "seed", "bone", "dice", "hd95_mm", "msd_mm",

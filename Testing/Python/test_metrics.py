@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from KneeSegmentationLib.metrics import (dice, dice_per_label, expected_calibration_error, hd95,
-                                         mean_surface_distance, surface_distances, volume_error)
+                                         mean_surface_distance, directed_surface_distances, volume_error)
 
 
 def cube(shape=(12, 12, 12), lo=(2, 2, 2), hi=(6, 6, 6)) -> np.ndarray:
@@ -30,7 +30,7 @@ def test_dice_by_hand():
 def test_surface_distances_of_a_shift_by_hand():
     a = cube()
     b = cube(lo=(2, 2, 3), hi=(6, 6, 7))
-    d = surface_distances(a, b, (1.0, 1.0, 1.0))
+    d = np.concatenate(directed_surface_distances(a, b, (1.0, 1.0, 1.0)))
     # Every surface voxel of a is 0 (shared with b's surface) or 1 voxel away from b's surface, and back.
     assert set(np.round(d, 6).tolist()) <= {0.0, 1.0}
     assert hd95(a, b) == pytest.approx(1.0)
@@ -44,6 +44,19 @@ def test_surface_distances_of_a_shift_by_hand():
     assert hd95(a, a) == 0.0
     assert math.isinf(hd95(a, np.zeros_like(a)))
     assert hd95(np.zeros_like(a), np.zeros_like(a)) == 0.0
+
+
+def test_hd95_is_the_larger_directed_percentile_not_the_pooled_one():
+    """A big cube and the same cube with a thin slab far from it: pooled, the slab's distances are under 5 %
+    of both surfaces and the 95th percentile stays 0; directed from the slab side, they are over 5 %."""
+    a = np.zeros((40, 40, 40), bool)
+    a[5:25, 5:25, 5:25] = True
+    b = a.copy()
+    b[8:17, 8:17, 33:35] = True  # a slab 8-9 voxels from the cube: 7 % of b's surface
+    ab, ba = directed_surface_distances(a, b, (1.0, 1.0, 1.0))
+    assert np.percentile(np.concatenate([ab, ba]), 95) < 1.0 < np.percentile(ba, 95)
+    assert hd95(a, b) == pytest.approx(max(np.percentile(ab, 95), np.percentile(ba, 95)))
+    assert hd95(a, b) == pytest.approx(hd95(b, a)) and hd95(a, b) > 7.0
 
 
 def test_volume_error_by_hand():
