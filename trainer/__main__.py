@@ -146,7 +146,8 @@ def cmd_export(a: argparse.Namespace) -> None:
     from .export import export
 
     notes = a.notes.read_text(encoding="utf-8") if a.notes else ""
-    print(f"model written to {export(a.run, a.root, a.name, a.version, a.eval, a.description, notes=notes)}")
+    out = export(a.run, a.root, a.name, a.version, a.eval, a.description, notes=notes, benchmark_dir=a.benchmark)
+    print(f"model written to {out}")
 
 
 def cmd_benchmark(a: argparse.Namespace) -> None:
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="knee-bones", help="model family name")
     p.add_argument("--version", type=int, default=None, help="version number (default: the next free one)")
     p.add_argument("--eval", type=Path, help="evaluation folder (metrics.json) to record in the card")
+    p.add_argument("--benchmark", type=Path, help="benchmark folder (summary.json) of these weights, for the card")
     p.add_argument("--description", default="", help="one line for the model card")
     p.add_argument("--notes", type=Path, help="Markdown appended to MODEL_CARD.md (known limits, observations)")
     p.set_defaults(func=cmd_export)

@@ -36,6 +36,19 @@ def hardware() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores visible, {gpu}; torch {torch.__version__}"
 
 
+BENCHMARK_KEYS = ("benchmark", "n_cases", "bones", "dice_by_role", "dice_by_plane", "dice_by_contrast",
+                  "echo_consistency", "line")
+
+
+def benchmark_record(folder: Path) -> dict:
+    """The figures of a benchmark's ``summary.json`` that belong in a model card (not its case plan)."""
+    path = folder / "summary.json"
+    if not path.is_file():
+        raise DatasetError(f"{path} not found; run `python -m trainer benchmark` first")
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    return {k: summary[k] for k in BENCHMARK_KEYS if k in summary}
+
+
 def data_summary(manifest: dict) -> list[dict]:
     """The dataset in a card: each real map on its own, the shape-model draws counted per role (with seeds)."""
     out, draws = [], {}
@@ -82,8 +95,9 @@ def run_summary(run: Path, cfg: TrainConfig) -> dict:
 
 def export(run: Path, root: Path | None = None, name: str = "knee-bones", version: int | None = None,
            eval_dir: Path | None = None, description: str = "", parent: str | None = None,
-           notes: str = "") -> Path:
-    """Writes the best weights of ``run`` as ``root/name/vN`` and returns the folder."""
+           notes: str = "", benchmark_dir: Path | None = None) -> Path:
+    """Writes the best weights of ``run`` as ``root/name/vN`` and returns the folder; ``benchmark_dir``
+    (a ``python -m trainer benchmark`` output of these weights) records the benchmark in the card."""
     run = Path(run)
     if not (run / BEST).is_file() or not (run / "config.json").is_file():
         raise DatasetError(f"{run} is not a finished training run (no {BEST} or config.json)")
@@ -98,6 +112,8 @@ def export(run: Path, root: Path | None = None, name: str = "knee-bones", versio
         if not path.is_file():
             raise DatasetError(f"{path} not found; run `python -m trainer evaluate` first")
         metrics = json.loads(path.read_text(encoding="utf-8"))
+    if benchmark_dir is not None:
+        metrics["benchmark"] = benchmark_record(Path(benchmark_dir))
     training = run_summary(run, cfg)
     training["parameters"] = count_parameters(net)
     card = ModelCard(

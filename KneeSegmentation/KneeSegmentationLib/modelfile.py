@@ -342,11 +342,17 @@ def default_model(roots: Iterable[Path] | None = None) -> ModelEntry:
 def format_metrics(metrics: dict, limit: int = 8) -> str:
     """A model's validation metrics in one line for the picker.
 
-    The trainer's evaluation (``{"rendered": {map: {bone: {"dice": …, "hd95_mm": …}}}}``) gives the mean Dice per
+    The fixed benchmark (``{"benchmark": {"bones": {bone: {"dice_mean": …}}}}``) comes first: ``"benchmark (21
+    held-out cases) Dice Femur 0.930, …"``. The trainer's evaluation (``{"rendered": {map: {bone: {"dice": …, "hd95_mm": …}}}}``) gives the mean Dice per
     evaluated label map and bone, the figure a user compares versions by: ``"Dice t2_left: Femur 0.908, Tibia
     0.910; …"``. Other layouts are flattened, numbers only: ``{"dice": {"Femur": 0.95}, "hd95_mm": 2.1}`` →
     ``"dice Femur 0.950, hd95_mm 2.10"``.
     """
+    bench = (metrics or {}).get("benchmark")
+    if isinstance(bench, dict) and isinstance(bench.get("bones"), dict) and bench["bones"]:
+        return f"benchmark ({bench.get('n_cases', '?')} held-out cases) Dice " + ", ".join(
+            f"{bone} {b['dice_mean']:.3f}" for bone, b in bench["bones"].items()
+            if isinstance(b, dict) and isinstance(b.get("dice_mean"), (int, float)))
     rendered = (metrics or {}).get("rendered")
     if isinstance(rendered, dict) and rendered:
         per_map = [f"{name}: " + ", ".join(f"{bone} {m['dice']:.3f}" for bone, m in bones.items()

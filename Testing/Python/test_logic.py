@@ -250,6 +250,9 @@ def test_model_choices_show_versions_and_metrics(logic, tiny_model):
     evaluation = {"rendered": {"t2_left": {"Femur": {"dice": 0.9076, "hd95_mm": 22.0}, "Tibia": {"dice": 0.91}},
                                "dess": {"Fibula": {"dice": 0.6077}}}, "evaluation": {"seed": 7}}
     assert format_metrics(evaluation) == "Dice t2_left: Femur 0.908, Tibia 0.910; dess: Fibula 0.608"
+    bench = {"benchmark": {"n_cases": 21, "bones": {"Femur": {"dice_mean": 0.9312}, "Patella": {"dice_mean": 0.8}}},
+             **evaluation}  # the fixed benchmark is what versions are compared by: it comes first
+    assert format_metrics(bench) == "benchmark (21 held-out cases) Dice Femur 0.931, Patella 0.800"
     assert "CPU" in SegmentationLogic.describe_devices()
     assert logic.loaded_model(tiny_model) is logic.loaded_model(str(tiny_model))  # loaded once
 
