@@ -245,6 +245,7 @@ def test_multi_echo_volume_picks_one_echo_without_touching_the_scene(scene, knee
 def test_model_choices_show_versions_and_metrics(logic, tiny_model):
     choices = logic.model_choices()
     assert [c.label for c in choices] == ["tiny-phantom v1"] and choices[0].path == tiny_model
+    assert choices[0].summary == "Tiny phantom v1 — Femur, Tibia, Fibula; no held-out validation recorded"
     assert logic.default_model_path() == tiny_model
     assert format_metrics({"dice": {"Femur": 0.951, "Tibia": 0.94}, "hd95_mm": 12.34}) == \
         "dice Femur 0.951, dice Tibia 0.940, hd95_mm 12.3"
