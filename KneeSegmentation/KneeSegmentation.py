@@ -59,8 +59,10 @@ class KneeSegmentation(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Segments the <b>Femur</b>, <b>Tibia</b>, <b>Fibula</b> and <b>Patella</b> of a knee MRI (any orientation, any contrast the
 model was trained for) into an editable segmentation. Select the input volume (and the echo of a multi-echo
-series loaded as a MultiVolume or a Sequence), optionally an ROI box around the knee, and click <b>Apply</b>. The work runs in the background;
-<b>Cancel</b> stops it and leaves the scene unchanged. Open the result in the Segment Editor to correct it.
+series loaded as a MultiVolume or a Sequence) and click <b>Apply</b>; <b>Options</b> (collapsed) hold an ROI box around the knee,
+the device, bias correction, a mirrored second pass and an uncertainty map. The work runs in the background;
+<b>Cancel</b> stops it and leaves the scene unchanged. The result line gives each bone's volume and the bones that were
+not found; <b>Show 3D</b> shows or hides the bones' surfaces. Open the result in the Segment Editor to correct it.
 A segmentation that already holds segments is never overwritten without asking.
 Not a medical device; results must be reviewed.
 """)
@@ -117,7 +119,8 @@ class KneeSegmentationParameterNode:
 
     inputVolume - the knee MRI; echo - which echo of a multi-echo series (MultiVolume or Sequence proxy);
     roi - optional box around the knee (none: found automatically); modelPath - a model version folder
-    ("" = the default model); device, n4, uncertainty - run options; outputSegmentation - none: a new node.
+    ("" = the default model); device, n4, tta, uncertainty - run options; outputSegmentation - none: a new
+    node; show3D - the result's surfaces in the 3D view.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -126,8 +129,10 @@ class KneeSegmentationParameterNode:
     modelPath: str = ""
     device: Device = Device.AUTO
     n4: bool = True
+    tta: bool = False
     uncertainty: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
+    show3D: bool = True
 
 
 #
@@ -169,6 +174,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.openSegmentEditorButton.connect("clicked(bool)", self.onOpenSegmentEditor)
+        self.ui.show3DButton.connect("toggled(bool)", self.onShow3D)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.echoComboBox.connect("currentIndexChanged(int)", self.onEchoChanged)
@@ -261,11 +267,17 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.clear()
             self._modelPaths = [""]
             self.ui.modelComboBox.addItem(_(DEFAULT_MODEL_TEXT))
-            for choice in choices:
+            for choice in choices:  # hovering an entry tells what it is in plain words (modelfile.plain_summary)
                 self.ui.modelComboBox.addItem(choice.label)
-                self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, choice.metrics, qt.Qt.ToolTipRole)
+                self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, choice.summary, qt.Qt.ToolTipRole)
                 self._modelPaths.append(str(choice.path))
             self._choices = {str(c.path): c for c in choices}
+            try:
+                default = self._choices.get(str(self.logic.segmentation.default_model_path()))
+            except KneeSegError:  # no model installed: _showModelInfo says so
+                default = None
+            if default is not None:
+                self.ui.modelComboBox.setItemData(0, default.summary, qt.Qt.ToolTipRole)
             self.ui.modelComboBox.blockSignals(wasBlocked)
             self._selectModelInCombo()
 
@@ -291,7 +303,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelInfoLabel.text = str(error)
                 return
         choice = choices.get(path)
-        self.ui.modelInfoLabel.text = (f"{choice.label}: {choice.metrics}" if choice else path)
+        self.ui.modelInfoLabel.text = choice.summary if choice else path
         version = next((v for v in self.logic.training.versions() if str(v.path) == path), None)
         if version is not None:
             self.ui.modelInfoLabel.text += "\n" + version.summary + (_(" (default)") if version.is_default else "")
@@ -328,6 +340,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.outputsCollapsibleButton.enabled = not running
         output = self._parameterNode.outputSegmentation if self._parameterNode else None
         self.ui.openSegmentEditorButton.enabled = bool(output) and not running
+        self.ui.show3DButton.enabled = bool(output) and not running
         retraining = self._retrain is not None
         self.ui.saveCaseButton.enabled = hasInput and bool(output) and not running
         self.ui.retrainButton.enabled = not retraining and not running
@@ -442,10 +455,12 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.outputSegmentation = segmentation
         # kept (hidden) so that "Save as training case" can record how much the user edited
         self.logic.training.remember_model_output(segmentation, status.result.labelmap, status.result.model.tag)
-        segmentation.CreateClosedSurfaceRepresentation()
+        self.logic.show3D(segmentation, self._parameterNode.show3D)
         slicer.util.setSliceViewerLayers(background=volume)
+        from KneeSegmentationLib.statistics import result_line  # the line kneeseg prints, too
+
         result = status.result
-        text = _("Done in {seconds:.1f} s on {device} with {model}.").format(
+        text = result_line(result) + "\n" + _("Done in {seconds:.1f} s on {device} with {model}.").format(
             seconds=status.elapsed_s, device=result.device, model=result.model.tag)
         if result.warnings:
             text += "\n" + "\n".join(result.warnings)
@@ -554,6 +569,13 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not change the default model."), waitCursor=True):
             self.logic.training.select_version(self._modelPaths[index])
             self._showModelInfo(self._modelPaths[index])
+
+    def onShow3D(self, visible: bool) -> None:
+        segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
+        if segmentation is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not change the 3D display."), waitCursor=True):
+            self.logic.show3D(segmentation, visible)
 
     def onOpenSegmentEditor(self) -> None:
         segmentation = self._parameterNode.outputSegmentation
@@ -675,6 +697,7 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
             device=self.torchDevice(parameters.device),
             n4=parameters.n4,
             roi=roi_box_from_node(parameters.roi) if parameters.roi else None,
+            tta=parameters.tta,
             uncertainty=parameters.uncertainty,
         )
 
@@ -688,6 +711,12 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
         from KneeSegmentationLib.logic import echo_count
 
         return parameters.echo if echo_count(parameters.inputVolume) > 1 else None
+
+    def show3D(self, segmentationNode, visible: bool) -> None:
+        """The segments as surfaces in the 3D views, or not (needs no torch)."""
+        from KneeSegmentationLib.segments import show_3d
+
+        show_3d(segmentationNode, visible)
 
     def start(self, parameters, output=None, overwrite=False):
         """Starts a background run; poll the returned ``BackgroundRun`` and ``apply`` its result."""

@@ -128,25 +128,9 @@ def _run_with_progress(run, image, settings, quiet: bool):
             raise
 
 
-def result_line(result) -> str:
-    """``Femur 218.8 ml, Tibia 153.7 ml; right knee; not found: Fibula, Patella``."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    from .constants import BONES
-
-    labels = sitk.GetArrayViewFromImage(result.labelmap)
-    voxel_ml = float(np.prod(result.labelmap.GetSpacing())) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=max(b.label for b in BONES) + 1)
-    parts = [", ".join(f"{b.name} {counts[b.label] * voxel_ml:.1f} ml" for b in BONES if b.name not in result.not_found)
-             or "no bone found"]
-    parts.append(f"{result.laterality} knee" if result.laterality else "side unknown")
-    if result.not_found:
-        parts.append("not found: " + ", ".join(result.not_found))
-    return "; ".join(parts)
-
-
 def _report(result, timings: dict[str, float], total: float) -> None:
+    from .statistics import result_line  # the Slicer panel's status line says the same
+
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
     print(f"model {result.model.tag} on {result.device}; {result_line(result)}")
     print(f"timings: {stages}; total {total:.2f}s")
@@ -154,23 +138,27 @@ def _report(result, timings: dict[str, float], total: float) -> None:
         print(f"warning: {w}", file=sys.stderr)
 
 
-def _describe(entry_path: Path | None) -> dict:
+def _card_of(entry_path: Path | None):
+    """(card, folder) of a model version folder, or of the default model."""
     from .modelfile import default_model, read_card
 
     if entry_path is None:
         entry = default_model()
-        return {"path": str(entry.path), **entry.card.to_dict()}
-    card = read_card(entry_path)
-    return {"path": str(entry_path), **card.to_dict()}
+        return entry.card, entry.path
+    return read_card(entry_path), entry_path
 
 
 def _info(args: argparse.Namespace) -> int:
-    d = _describe(args.model)
+    from .modelfile import plain_summary
+
+    card, path = _card_of(args.model)
+    d = {"path": str(path), **card.to_dict()}
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
+    print(plain_summary(card))
+    print(f"  {card.tag} in {path}")
     pre = d["input"]
-    print(f"{d['name']} v{d['version']}  ({d['path']})")
     print(f"  created {d['created']}" + (f", fine-tuned from {d['parent']}" if d.get("parent") else ""))
     if d.get("description"):
         print(f"  {d['description']}")

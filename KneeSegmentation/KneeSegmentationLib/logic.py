@@ -43,7 +43,7 @@ from slicer import util as slicer_util
 from .constants import MODEL_TAG
 from .errors import Cancelled, InputError, KneeSegError
 from .infer import available_devices
-from .modelfile import LoadedModel, ModelEntry, default_model, format_metrics, list_models, load_model
+from .modelfile import LoadedModel, ModelEntry, default_model, format_metrics, list_models, load_model, plain_summary
 from .mrml import image_from_volume_node, volume_node_from_image
 from .pipeline import SegmentationResult, SegmentationSettings, run_segmentation
 from .preprocess import RoiBox
@@ -289,6 +289,7 @@ class ModelChoice:
     path: Path
     metrics: str
     description: str
+    summary: str = ""  # modelfile.plain_summary: bones, training data, held-out Dice in plain words
 
 
 class SegmentationLogic:
@@ -309,8 +310,8 @@ class SegmentationLogic:
     # -- choices for the panel
     def model_choices(self) -> list[ModelChoice]:
         entries: list[ModelEntry] = list_models(self.model_roots)
-        return [ModelChoice(f"{e.name} v{e.version}", e.path, format_metrics(e.card.metrics), e.card.description)
-                for e in entries]
+        return [ModelChoice(f"{e.name} v{e.version}", e.path, format_metrics(e.card.metrics), e.card.description,
+                            plain_summary(e.card)) for e in entries]
 
     def default_model_path(self) -> Path:
         return default_model(self.model_roots).path

@@ -371,3 +371,54 @@ def format_metrics(metrics: dict, limit: int = 8) -> str:
 
     walk("", metrics or {})
     return ", ".join(items[:limit]) + (", …" if len(items) > limit else "") if items else "no validation metrics"
+
+
+_SEED_RANGE = re.compile(r"seeds (\d+)\.\.(\d+)")
+_DRAW_SEED = re.compile(r"_(\d+)$")
+
+
+def _training_maps(card: ModelCard) -> tuple[set[str], list[tuple[int, int]]]:
+    """Map ids the card names as training data, and the seed ranges of its training shape-model draws."""
+    ids, seeds = set(), []
+    for d in card.training.get("data") or []:
+        if not isinstance(d, dict) or d.get("role") != "train":
+            continue
+        ids.add(str(d.get("id", "")))
+        if m := _SEED_RANGE.search(str(d.get("note", ""))):
+            seeds.append((int(m.group(1)), int(m.group(2))))
+    return ids, seeds
+
+
+def held_out_dice(card: ModelCard) -> float | None:
+    """Mean Dice over the bones of the evaluated label maps that were not trained on (None: none recorded).
+
+    The trainer's evaluation also renders a training map (the one with a fibula, under new contrasts and
+    deformations); its figures are left out here, since they are not measured on unseen anatomy."""
+    rendered = (card.metrics or {}).get("rendered")
+    if not isinstance(rendered, dict):
+        return None
+    train_ids, train_seeds = _training_maps(card)
+    values = []
+    for map_id, bones in rendered.items():
+        seed = _DRAW_SEED.search(map_id)
+        trained = map_id in train_ids or (seed and any(a <= int(seed.group(1)) <= b for a, b in train_seeds))
+        if not trained and isinstance(bones, dict):
+            values += [float(m["dice"]) for m in bones.values() if isinstance(m, dict) and "dice" in m]
+    return sum(values) / len(values) if values else None
+
+
+def plain_summary(card: ModelCard) -> str:
+    """The model in one line a radiologist reads at a glance, without dataset ids or file paths:
+    ``"Knee bones v2 — Femur, Tibia, Fibula; trained on synthetic MRI from real knee anatomy; held-out Dice 0.91"``.
+    """
+    name = card.name.replace("-", " ").replace("_", " ").strip().capitalize()
+    parts = [f"{name} v{card.version} — " + ", ".join(card.labels[k] for k in sorted(card.labels))]
+    source = str(card.training.get("data_source", ""))
+    if "synthesi" in source:
+        parts.append("trained on synthetic MRI from real knee anatomy")
+    if card.parent:
+        parent_name, _, parent_version = card.parent.partition("/")
+        parts.append(f"fine-tuned from {parent_name.replace('-', ' ')} {parent_version} on corrected cases")
+    dice = held_out_dice(card)
+    parts.append(f"held-out Dice {dice:.2f}" if dice is not None else "no held-out validation recorded")
+    return "; ".join(parts)

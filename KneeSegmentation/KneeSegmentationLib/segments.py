@@ -43,6 +43,20 @@ def _style_segment(segment, bone: Bone, model_tag: str | None, laterality: str |
         segment.SetTag(MODEL_TAG, model_tag)
 
 
+def show_3d(segmentation_node, visible: bool) -> None:
+    """Shows the segments as surfaces in the 3D views, or hides them, as the Segment Editor's "Show 3D" does:
+    on builds the closed-surface representation and turns the display's 3D visibility on; off turns it off and
+    drops the surfaces, so that editing the segments stays fast (they are rebuilt on the next "on")."""
+    if segmentation_node.GetDisplayNode() is None:
+        segmentation_node.CreateDefaultDisplayNodes()
+    display = segmentation_node.GetDisplayNode()
+    if visible:
+        segmentation_node.CreateClosedSurfaceRepresentation()
+    else:
+        segmentation_node.RemoveClosedSurfaceRepresentation()
+    display.SetVisibility3D(bool(visible))
+
+
 def model_tag_of(segmentation_node) -> str | None:
     """The model tag ``_style_segment`` put on the segments (the first segment that has one), or None for
     segments KneeSegmentation did not make."""

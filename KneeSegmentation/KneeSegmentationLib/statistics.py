@@ -2,6 +2,7 @@
 
     stats = segment_statistics(image, labelmap, laterality="right", model_tag="knee-bones/v2")
     write_statistics(stats, "knee.json")    # or "knee.csv": one row per segment
+    result_line(result)                     # "Femur 218.8 ml, Tibia 153.7 ml; right knee; not found: Fibula"
 
 "found" is False for a bone absent from the labelmap (``laterality.drop_specks`` removed the specks before).
 Mean intensity is of the image as given (before N4), in its own units.
@@ -61,3 +62,15 @@ def write_statistics(stats: dict, path: str | Path) -> Path:
     for row in stats["segments"]:
         writer.writerow({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS})
     return write_text_atomically(path, buffer.getvalue())
+
+
+def result_line(result) -> str:
+    """A segmentation result in one line, as ``kneeseg segment`` prints it and the Slicer panel shows it:
+    ``Femur 218.8 ml, Tibia 153.7 ml; right knee; not found: Fibula, Patella``. ``result`` needs ``labelmap``,
+    ``laterality`` and ``not_found`` (a ``pipeline.SegmentationResult``)."""
+    stats = segment_statistics(None, result.labelmap, result.laterality)
+    found = [f"{s['segment']} {s['volume_ml']:.1f} ml" for s in stats["segments"] if s["segment"] not in result.not_found]
+    parts = [", ".join(found) or "no bone found", f"{result.laterality} knee" if result.laterality else "side unknown"]
+    if result.not_found:
+        parts.append("not found: " + ", ".join(result.not_found))
+    return "; ".join(parts)

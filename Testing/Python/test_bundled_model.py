@@ -7,6 +7,7 @@ model that is clearly worse fails here. One pipeline run (no N4) and one rendere
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from KneeSegmentationLib.infer import predict_probabilities
 from KneeSegmentationLib.metrics import dice
-from KneeSegmentationLib.modelfile import bundled_models_root, default_model, list_models, load_model
+from KneeSegmentationLib.modelfile import bundled_models_root, default_model, list_models, load_model, plain_summary
 from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
 
 from realdata import mskt_data, mskt_dicom
@@ -45,6 +46,25 @@ def test_every_bundled_version_loads_safely_and_is_small(entry):
                                   {1: "Femur", 2: "Tibia", 3: "Fibula", 4: "Patella"})
     assert loaded.card.metrics and loaded.card.training.get("steps")
     assert (entry.path / "MODEL_CARD.md").is_file()
+
+
+# What a reader of the panel or the card must not meet: absolute or run-folder paths, and project wording.
+MACHINE_PATH = re.compile(r"(?<![\w.])(?:/[\w.-]+){2,}|~/|\bruns/|[A-Za-z]:\\")
+ISSUE_WORDING = re.compile(r"\bissues?\b", re.IGNORECASE)  # "tissue" is fine
+
+
+@pytest.mark.parametrize("entry", BUNDLED, ids=lambda e: e.card.tag)
+def test_bundled_cards_speak_plainly(entry):
+    """Descriptions and MODEL_CARD.md hold no machine paths and no issue wording; the one-line summary shown
+    in the panel and by ``kneeseg info`` holds no dataset ids either."""
+    card_md = (entry.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    for where, text in (("description", entry.card.description), ("MODEL_CARD.md", card_md)):
+        assert not MACHINE_PATH.search(text), f"{entry.card.tag} {where}: {MACHINE_PATH.search(text).group()}"
+        assert not ISSUE_WORDING.search(text), f"{entry.card.tag} {where} speaks of issues"
+    summary = plain_summary(entry.card)
+    ids = {str(d.get("id")) for d in entry.card.training.get("data", [])} | set(entry.card.metrics.get("rendered", {}))
+    assert ids and not any(i in summary for i in ids), summary
+    assert summary.startswith(f"Knee bones v{entry.card.version} — Femur, Tibia, Fibula") and "held-out Dice 0." in summary
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,9 @@ def test_bad_roi_is_a_usage_error(knee_file):
 def test_info_prints_the_card(tiny_model, capsys):
     assert main(["info", str(tiny_model)]) == 0
     printed = capsys.readouterr().out
-    assert "tiny-phantom v1" in printed and "spacing" in printed and "sha256" in printed
+    # The first line is the plain summary the panel shows too; the technical card follows.
+    assert printed.splitlines()[0] == "Tiny phantom v1 — Femur, Tibia, Fibula; no held-out validation recorded"
+    assert "tiny-phantom/v1 in " in printed and "spacing" in printed and "sha256" in printed
 
 
 def test_console_script_runs(tiny_model, knee_file, tmp_path):

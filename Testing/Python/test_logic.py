@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ from KneeSegmentationLib.logic import (
 )
 from KneeSegmentationLib.mrml import volume_node_from_image
 from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
-from KneeSegmentationLib.segments import segmentation_to_labelmap
+from KneeSegmentationLib.segments import labelmap_to_segmentation, segmentation_to_labelmap, show_3d
+from KneeSegmentationLib.statistics import result_line, segment_statistics
 
 from phantom import phantom
 
@@ -243,6 +245,7 @@ def test_multi_echo_volume_picks_one_echo_without_touching_the_scene(scene, knee
 def test_model_choices_show_versions_and_metrics(logic, tiny_model):
     choices = logic.model_choices()
     assert [c.label for c in choices] == ["tiny-phantom v1"] and choices[0].path == tiny_model
+    assert choices[0].summary == "Tiny phantom v1 — Femur, Tibia, Fibula; no held-out validation recorded"
     assert logic.default_model_path() == tiny_model
     assert format_metrics({"dice": {"Femur": 0.951, "Tibia": 0.94}, "hd95_mm": 12.34}) == \
         "dice Femur 0.951, dice Tibia 0.940, hd95_mm 12.3"
@@ -320,3 +323,34 @@ def test_multi_echo_sequence_picks_one_echo_without_touching_the_scene(scene, kn
     assert scene_node_ids(scene) == ids
     assert np.allclose(sitk.GetArrayFromImage(third), 3 * base)
     assert third.GetOrigin() == pytest.approx(image_for_echo(volume).GetOrigin())
+
+
+def test_show_3d_builds_and_hides_the_surfaces(scene, knee):
+    """The panel's "Show 3D" toggle: on, the closed surfaces exist and show in 3D; off, they are hidden (and
+    dropped, so editing stays fast); on again rebuilds them."""
+    volume, labels = knee
+    seg = labelmap_to_segmentation(scene, labels, volume, name="knee bones")
+    segmentation = seg.GetSegmentation()
+    closed_surface = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    show_3d(seg, True)
+    assert segmentation.ContainsRepresentation(closed_surface) and seg.GetDisplayNode().GetVisibility3D()
+    femur = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("Femur"))
+    assert femur.GetRepresentation(closed_surface).GetNumberOfPoints() > 0
+    show_3d(seg, False)
+    assert not seg.GetDisplayNode().GetVisibility3D()
+    assert not segmentation.ContainsRepresentation(closed_surface)
+    assert seg.GetDisplayNode().GetVisibility2D()  # the slice views keep showing the segments
+    show_3d(seg, True)
+    assert segmentation.ContainsRepresentation(closed_surface) and seg.GetDisplayNode().GetVisibility3D()
+
+
+def test_result_line_gives_the_volumes_the_side_and_what_was_not_found(knee, tiny_model):
+    """The panel's status line and ``kneeseg segment`` print the same ``statistics.result_line``."""
+    volume, _ = knee
+    result = run_segmentation(image_for_echo(volume), _settings(tiny_model))
+    stats = {s["segment"]: s["volume_ml"] for s in segment_statistics(None, result.labelmap)["segments"]}
+    line = result_line(result)
+    assert line.startswith(f"Femur {stats['Femur']:.1f} ml, Tibia {stats['Tibia']:.1f} ml")
+    assert "Patella" in result.not_found and line.endswith("not found: " + ", ".join(result.not_found))
+    nothing = replace(result, not_found=[b.name for b in BONES], laterality=None)
+    assert result_line(nothing) == "no bone found; side unknown; not found: Femur, Tibia, Fibula, Patella"

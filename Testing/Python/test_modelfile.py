@@ -11,7 +11,8 @@ import torch
 
 from KneeSegmentationLib.errors import ModelError
 from KneeSegmentationLib.modelfile import (CARD_FILE, WEIGHTS_FILE, ModelCard, Preprocessing, default_model,
-                                           list_models, load_model, read_card, save_model)
+                                           held_out_dice, list_models, load_model, plain_summary, read_card,
+                                           save_model)
 from KneeSegmentationLib.network import UNet3D, UNetConfig
 
 CONFIG = UNetConfig(features=(4, 8))
@@ -122,3 +123,29 @@ def test_weights_that_do_not_fit_the_card_are_refused(tmp_path):
     (path / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(ModelError, match="do not fit"):
         load_model(path)
+
+
+def test_plain_summary_names_the_bones_the_data_and_the_held_out_dice_only():
+    """One line for the panel and ``kneeseg info``: no map ids, and training maps' figures left out."""
+    card = ModelCard(name="knee-bones", version=3, network=UNetConfig(features=(4, 8), out_channels=5),
+                     preprocessing=Preprocessing(), training={
+                         "data_source": "label maps of mskt and LLP26 draws; images synthesized",
+                         "data": [{"id": "dess_fibula", "role": "train", "note": ""},
+                                  {"id": "t2_left", "role": "val", "note": ""},
+                                  {"id": "llp26 x40", "role": "train", "note": "seeds 0..49 (refused draws skipped)"},
+                                  {"id": "llp26 x6", "role": "val", "note": "seeds 100..105"}]},
+                     metrics={"rendered": {
+                         "dess_fibula": {"Fibula": {"dice": 0.10}},  # a training map: not held out
+                         "llp26_right_0007": {"Patella": {"dice": 0.20}},  # a training draw (seed 7)
+                         "t2_left": {"Femur": {"dice": 0.95}, "Tibia": {"dice": 0.93}},
+                         "llp26_left_0101": {"Fibula": {"dice": 0.91}, "Patella": {"dice": 0.93}}}})
+    assert held_out_dice(card) == pytest.approx(0.93)
+    line = plain_summary(card)
+    assert line == ("Knee bones v3 — Femur, Tibia, Fibula, Patella; trained on synthetic MRI from real knee "
+                    "anatomy; held-out Dice 0.93")
+    assert not any(word in line for word in ("t2_left", "dess", "llp26", "/"))
+    tuned = ModelCard(name="knee-bones", version=4, network=CONFIG, preprocessing=Preprocessing(),
+                      parent="knee-bones/v3")
+    assert held_out_dice(tuned) is None
+    assert plain_summary(tuned).endswith("fine-tuned from knee bones v3 on corrected cases; "
+                                         "no held-out validation recorded")

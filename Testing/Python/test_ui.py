@@ -64,6 +64,17 @@ def ui_bindings() -> dict[str, tuple[str, str]]:
     return out
 
 
+def widget_properties(name: str) -> dict[str, str]:
+    """The properties a widget of the .ui sets, as text (``"true"`` for a set bool)."""
+    widget = next(w for w in _tree().iter("widget") if w.get("name") == name)
+    return {p.get("name"): "".join(p.itertext()).strip() for p in widget.findall("property")}
+
+
+def widgets_inside(name: str) -> set[str]:
+    widget = next(w for w in _tree().iter("widget") if w.get("name") == name)
+    return {w.get("name") for w in widget.iter("widget")} - {name}
+
+
 def module_ui_names() -> set[str]:
     """Every X in ``self.ui.X`` in the module file."""
     names = set()
@@ -116,7 +127,8 @@ def test_scene_reaches_every_mrml_widget():
 def test_every_name_the_module_uses_exists_with_a_sensible_class():
     widgets = ui_widgets()
     used = module_ui_names()
-    assert {"applyButton", "cancelButton", "progressBar", "statusLabel", "openSegmentEditorButton"} <= used
+    assert {"applyButton", "cancelButton", "progressBar", "statusLabel", "openSegmentEditorButton",
+            "show3DButton", "modelInfoLabel"} <= used
     for name in sorted(used):
         assert name in widgets, f"self.ui.{name} is not in {UI_FILE.name}"
         suffix = next((s for s in SENSIBLE if name.endswith(s)), None)
@@ -132,6 +144,8 @@ def test_parameter_node_bindings_match_the_module():
     assert set(kinds) - set(bindings) == {"echo", "modelPath"}
     for parameter, (widget, cls) in bindings.items():
         assert cls in CONNECTABLE[kinds[parameter]], f"{parameter} ({kinds[parameter]}) bound to {widget}, a {cls}"
+        if cls == "QPushButton":  # Slicer's connector represents a bool by a button only if it is checkable
+            assert widget_properties(widget).get("checkable") == "true", f"{widget} is not checkable"
 
 
 def test_node_selectors_offer_the_annotated_node_types():
@@ -145,6 +159,29 @@ def test_node_selectors_offer_the_annotated_node_types():
         parameter = props["SlicerParameterName"].find("string").text
         types = [s.text for s in props["nodeTypes"].iter("string")]
         assert types == [annotated[parameter]], f"{w.get('name')}: {types} vs {annotated[parameter]}"
+
+
+def test_options_are_collapsed_and_the_model_line_stays_in_view():
+    """What a radiologist needs first is open: the input, the model and its plain summary, the output, Apply,
+    the result line, Show 3D. The run options wait in a section collapsed by default."""
+    assert widget_properties("optionsCollapsibleButton").get("collapsed") == "true"
+    for section in ("inputsCollapsibleButton", "outputsCollapsibleButton"):
+        assert widget_properties(section).get("collapsed") != "true", f"{section} is collapsed"
+    options = widgets_inside("optionsCollapsibleButton")
+    assert {"roiSelector", "deviceComboBox", "n4CheckBox", "ttaCheckBox", "uncertaintyCheckBox"} <= options
+    assert not {"modelComboBox", "modelInfoLabel", "installDependenciesButton"} & options
+    assert {"modelComboBox", "modelInfoLabel"} <= widgets_inside("inputsCollapsibleButton")
+    for collapsible in ("inputsCollapsibleButton", "optionsCollapsibleButton", "outputsCollapsibleButton",
+                        "trainingCollapsibleButton"):
+        assert not {"statusLabel", "show3DButton", "applyButton"} & widgets_inside(collapsible)
+
+
+def test_show_3d_is_a_checked_toggle_bound_to_the_parameter_node():
+    props = widget_properties("show3DButton")
+    assert ui_widgets()["show3DButton"] == "QPushButton" and props["text"] == "Show 3D"
+    assert props.get("checkable") == "true" and props.get("checked") == "true"  # as the parameter's default
+    assert ui_bindings()["show3D"] == ("show3DButton", "QPushButton")
+    assert ui_bindings()["tta"] == ("ttaCheckBox", "QCheckBox")
 
 
 @pytest.fixture(scope="module")
@@ -177,4 +214,7 @@ def test_ui_loads_in_qt(qt_app):
         assert loaded[name].metaObject().className() == cls, f"{name}: {loaded[name].metaObject().className()}"
     assert loaded["applyButton"].text() == "Apply" and not loaded["applyButton"].isEnabled()
     assert loaded["n4CheckBox"].isChecked()  # N4 on by default, as in the parameter node
+    assert not loaded["ttaCheckBox"].isChecked()
+    show3d = loaded["show3DButton"]
+    assert show3d.isCheckable() and show3d.isChecked() and not show3d.isEnabled()  # enabled once there is a result
     root.deleteLater()
