@@ -5,11 +5,14 @@
     kneeseg info [MODEL]          kneeseg models
 
 Failures print one line ``kneeseg: error: …`` and exit with status 1 (2 for usage errors, 130 when
-interrupted); nothing is left half-written because every output is written to a temporary file and renamed.
+interrupted, saying what was and was not written); nothing is left half-written because every output is
+written to a temporary file and renamed. Outputs are checked before the work (``outputs.OutputPlan``): an
+input is never overwritten, an existing output only with ``--force``.
 """
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import sys
 import time
@@ -18,11 +21,15 @@ from typing import Sequence
 
 from .cli_training import add_training_commands
 from .errors import Cancelled, KneeSegError
+from .signals import os_error_message, quiet_stdout, terminate_as_interrupt
 from .infer import DEVICES, available_devices
 from .modelfile import ModelEntry, default_model, format_metrics, list_models, read_card
+from .names import printable
+from .outputs import IMAGE_SUFFIXES, PREVIEW_SUFFIXES, SEGMENTATION_SUFFIXES, Interrupted, OutputPlan
 from .progress import CancelToken
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that went away
 
 
 def _parse_roi(text: str):
@@ -57,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
     seg.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    seg.add_argument("--force", action="store_true", help="replace existing output files (never an input)")
 
     info = sub.add_parser("info", help="print a model's metadata and validation metrics")
     info.add_argument("model", type=Path, nargs="?", help="model version folder (default: the default model)")
@@ -72,8 +80,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     if not (args.output or args.labelmap):
         raise KneeSegError("nothing to write: give -o OUT.seg.nrrd and/or --labelmap OUT.nrrd")
-    if args.output and not args.output.name.endswith(".seg.nrrd"):
-        raise KneeSegError(f"{args.output.name}: the segmentation output must end with .seg.nrrd")
+    plan = segment_outputs(args)  # suffixes, inputs, existing files, writable folders: before the work
     t0 = time.perf_counter()
     image = read_image(args.image, echo=args.echo)
     read_s = time.perf_counter() - t0
@@ -82,22 +89,34 @@ def _segment(args: argparse.Namespace) -> int:
     result = _run_with_progress(run_segmentation, image, settings, quiet=args.quiet)
     timings = {"read": read_s, **result.timings}
     t1 = time.perf_counter()
-    if args.output:
-        _write_segmentation(image, result, args.output)  # the first use of MRML imports it (~1.5 s)
-    if args.labelmap:
-        write_image(result.labelmap, args.labelmap)
-    if args.uncertainty:
-        write_image(result.uncertainty, args.uncertainty)
-    timings["write"] = time.perf_counter() - t1
-    if args.preview:
-        t2 = time.perf_counter()
-        from .preview import write_preview
+    with plan.writing():  # Ctrl-C or a full disk here says truthfully what was written
+        if args.output:
+            _write_segmentation(image, result, args.output)  # the first use of MRML imports it (~1.5 s)
+            plan.done(args.output)
+        if args.labelmap:
+            plan.done(write_image(result.labelmap, args.labelmap))
+        if args.uncertainty:
+            plan.done(write_image(result.uncertainty, args.uncertainty))
+        timings["write"] = time.perf_counter() - t1
+        if args.preview:
+            t2 = time.perf_counter()
+            from .preview import write_preview
 
-        write_preview(image, result.labelmap, result.joint_center_lps, args.preview,
-                      title=f"{args.image.name} — {result.model.tag} on {result.device}")
-        timings["preview"] = time.perf_counter() - t2
+            plan.done(write_preview(image, result.labelmap, result.joint_center_lps, args.preview,
+                                    title=f"{args.image.name} — {result.model.tag} on {result.device}"))
+            timings["preview"] = time.perf_counter() - t2
     _report(result, timings, time.perf_counter() - t0)
     return 0
+
+
+def segment_outputs(args: argparse.Namespace) -> OutputPlan:
+    plan = OutputPlan(inputs=[args.image], force=args.force)
+    plan.add(args.output, SEGMENTATION_SUFFIXES, "the segmentation (-o)")
+    plan.add(args.labelmap, IMAGE_SUFFIXES, "the labelmap (--labelmap)")
+    plan.add(args.uncertainty, IMAGE_SUFFIXES, "the uncertainty (--uncertainty)")
+    plan.add(args.preview, PREVIEW_SUFFIXES, "the preview (--preview)")
+    plan.check()
+    return plan
 
 
 def _run_with_progress(run, image, settings, quiet: bool):
@@ -160,8 +179,9 @@ def _describe(entry_path: Path | None) -> dict:
 def _info(args: argparse.Namespace) -> int:
     d = _describe(args.model)
     if args.json:
-        print(json.dumps(d, indent=2))
+        print(json.dumps(d, indent=2))  # JSON escapes every control character itself
         return 0
+    print = _print_clean
     pre = d["input"]
     print(f"{d['name']} v{d['version']}  ({d['path']})")
     print(f"  created {d['created']}" + (f", fine-tuned from {d['parent']}" if d.get("parent") else ""))
@@ -180,7 +200,13 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_clean(*values, **kwargs) -> None:
+    """``print`` for text taken from model cards: control characters (terminal escapes) are not passed on."""
+    builtins.print(*(printable(v, newlines=True) for v in values), **kwargs)
+
+
 def _models(_: argparse.Namespace) -> int:
+    print = _print_clean
     entries: list[ModelEntry] = list_models()
     if not entries:
         print("no models installed")
@@ -199,17 +225,29 @@ COMMANDS = {"segment": _segment, "info": _info, "models": _models}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    restore = terminate_as_interrupt()
     try:
         return COMMANDS[args.command](args)
+    except Interrupted as e:
+        print(f"kneeseg: interrupted; {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (KeyboardInterrupt, Cancelled):
         print("kneeseg: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        quiet_stdout()  # `kneeseg info | head -1`: the reader has gone; not an error worth a traceback
+        return EXIT_BROKEN_PIPE
     except KneeSegError as e:
-        print(f"kneeseg: error: {e}", file=sys.stderr)
+        print(f"kneeseg: error: {printable(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:
+        print(f"kneeseg: error: {printable(os_error_message(e))}", file=sys.stderr)
         return EXIT_ERROR
     except MemoryError:
         print("kneeseg: error: out of memory; try --roi to segment a smaller region", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        restore()
 
 
 if __name__ == "__main__":
