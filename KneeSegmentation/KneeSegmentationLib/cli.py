@@ -227,7 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     restore = terminate_as_interrupt()
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at the interpreter's exit
+        return code
     except Interrupted as e:
         print(f"kneeseg: interrupted; {e}", file=sys.stderr)
         return EXIT_INTERRUPTED

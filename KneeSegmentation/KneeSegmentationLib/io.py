@@ -329,7 +329,11 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     remove_stale_temps(path.parent)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}-"))
     try:
-        sitk.WriteImage(image, str(tmp / path.name), compress)
+        try:
+            sitk.WriteImage(image, str(tmp / path.name), compress)
+        except RuntimeError as error:  # ITK says "could not write": disk full, file too large, I/O error
+            raise InputError(f"could not write {path}: {_first_line(error)}") from None
+        verify_written(tmp / path.name, path, image.GetSize())
         usual_permissions(tmp)
         produced = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)  # header last
         for file in produced:
@@ -337,3 +341,15 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def verify_written(written: Path, final: Path, size=None) -> None:
+    """Reads a file ITK just wrote back in full: its NRRD writer ignores failed writes (a full disk leaves a
+    truncated file and no error), and a truncated result must never be renamed into place."""
+    try:
+        back = sitk.ReadImage(str(written))
+    except RuntimeError as error:
+        raise InputError(f"could not write {final}: the file came out unreadable ({_first_line(error)}); "
+                         "is the disk full?") from None
+    if size is not None and tuple(back.GetSize())[:len(size)] != tuple(size):
+        raise InputError(f"could not write {final}: the file came out incomplete; is the disk full?")

@@ -119,16 +119,21 @@ class OutputPlan:
         except OSError as e:
             pending = next((p for p, _ in self.outputs if p not in self.written), None)
             where = e.filename or pending or ""
-            raise OutputError(f"could not write {where}: {e.strerror or e}"
-                              + (f"; written: {', '.join(map(str, self.written))}" if self.written else
-                                 "; nothing was written")) from None
+            raise OutputError(f"could not write {where}: {e.strerror or e}; {self.written_note()}") from None
+        except Cancelled:
+            raise
+        except KneeSegError as e:
+            raise OutputError(f"{e}; {self.written_note()}") from None
+
+    def written_note(self) -> str:
+        return f"written: {', '.join(map(str, self.written))}" if self.written else "nothing was written"
 
     def done(self, path: Path) -> None:
         self.written.append(Path(path))
 
     def interrupted_message(self) -> str:
         pending = [p for p, _ in self.outputs if p not in self.written]
-        done = f"written: {', '.join(map(str, self.written))}" if self.written else "nothing was written"
+        done = self.written_note()
         if pending:
             done += f"; not written: {', '.join(map(str, pending))}"
         return done

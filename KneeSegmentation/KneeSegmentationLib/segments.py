@@ -160,6 +160,9 @@ def save_segmentation(segmentation_node, path: str | Path) -> Path:
         storage.SetFileName(str(tmp))
         if not storage.WriteData(segmentation_node):
             raise InputError(f"could not write {path}")
+        from .io import verify_written
+
+        verify_written(tmp, path)  # the storage node, like ITK, may not notice a full disk
 
     return write_atomically(path, write, suffix=".seg.nrrd")
 
