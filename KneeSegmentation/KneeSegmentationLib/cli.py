@@ -21,12 +21,12 @@ from typing import Sequence
 
 from .cli_training import add_training_commands
 from .errors import Cancelled, KneeSegError
-from .signals import os_error_message, quiet_stdout, terminate_as_interrupt
 from .infer import DEVICES, available_devices
 from .modelfile import ModelEntry, default_model, format_metrics, list_models, read_card
 from .names import printable
 from .outputs import IMAGE_SUFFIXES, PREVIEW_SUFFIXES, SEGMENTATION_SUFFIXES, Interrupted, OutputPlan
 from .progress import CancelToken
+from .signals import os_error_message, quiet_stdout, terminate_as_interrupt
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that went away

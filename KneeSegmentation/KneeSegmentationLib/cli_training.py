@@ -170,9 +170,10 @@ def resolve_model_arg(text: str) -> Path:
 
 
 def select_command(a: argparse.Namespace) -> int:
-    from .modelfile import read_card, select_default_model
+    from .modelfile import bundled_models_root, read_card, select_default_model, user_models_root
 
     path = resolve_model_arg(a.model)
-    select_default_model(path, a.root)
+    roots = [bundled_models_root(), user_models_root()] + ([a.root] if a.root else [])
+    select_default_model(path, a.root, roots=roots)  # the roots `default_model` searches: else it changes nothing
     print(f"default model: {read_card(path).tag} ({path.resolve()})")
     return 0

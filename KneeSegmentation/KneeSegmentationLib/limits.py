@@ -20,7 +20,7 @@ from .errors import InputError, ModelError
 
 MAX_INPUT_VOXELS = 512 ** 3  # 134 M voxels: 0.5 GB as float32; the real sample has 24 M
 MAX_INPUT_SIDE = 4096  # voxels along any one axis
-MAX_MODEL_GRID_VOXELS = 256 ** 3  # 16.8 M: a 384 mm cube at 1.5 mm; the image resampled to the model's spacing (probabilities: 5 x 4 B each)
+MAX_MODEL_GRID_VOXELS = 320 ** 3  # 33 M: a 480 mm cube at 1.5 mm; the image resampled to the model's spacing (probabilities: 5 x 4 B each)
 MIN_SPACING_MM = 1e-3  # below this a header is broken (a nearly singular direction gives 6e-10 mm)
 MAX_SPACING_MM = 100.0
 ORTHONORMAL_TOLERANCE = 1e-3  # |DᵀD − I| of a direction matrix; a skewed one misstates every volume

@@ -343,12 +343,13 @@ def select_default_model(model_dir: Path | str, root: Path | str | None = None,
     """Makes ``model_dir`` the default model (``selection.json`` in ``root``, default the user models root,
     written atomically). Rollback is selecting an older version; the models themselves are not touched.
 
-    Refused (``ModelError``): a folder outside the model roots (``roots``; default the bundled and user roots and
-    ``root``), where ``default_model`` would never look, and a model whose weights fail their checksum."""
+    Refused (``ModelError``): a model whose weights fail their checksum, and, when the caller passes the
+    ``roots`` its ``default_model`` searches (every front end does), a folder outside them, where the selection
+    would change nothing."""
     root = Path(root) if root is not None else user_models_root()
-    allowed = list(roots) if roots is not None else [bundled_models_root(), user_models_root(), root]
     model_dir = Path(model_dir).resolve()
-    if not any(Path(r).resolve() in model_dir.parents for r in allowed):
+    allowed = list(roots) if roots is not None else None
+    if allowed is not None and not any(Path(r).resolve() in model_dir.parents for r in allowed):
         raise ModelError(f"{model_dir} is not in a model root ({', '.join(map(str, dict.fromkeys(allowed)))}); "
                          "copy the version folder there (or pass --root) before selecting it")
     card = verify_weights(model_dir)
