@@ -128,7 +128,11 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_finetune(a: argparse.Namespace) -> None:
+    from KneeSegmentationLib.children import watch_parent
+
     from .finetune import finetune
+
+    watch_parent()  # started by ``kneeseg retrain`` / the module: stop, writing nothing, if it dies
 
     out = finetune(a.model, a.cases, _config(a, init_model=str(a.model), cases=str(a.cases),
                                             case_fraction=a.case_fraction), a.root, resume=not a.fresh)

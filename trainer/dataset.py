@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from KneeSegmentationLib.constants import BONES, FEMUR, TIBIA
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import read_json_object, sha256_of
+from KneeSegmentationLib.names import relative_entry
 from KneeSegmentationLib.preprocess import joint_center, model_grid_around, physical_bounds
 
 from . import ranges as R
@@ -297,7 +298,7 @@ def load_dataset(folder: Path, roles: tuple[str, ...] = ("train", "val")) -> lis
             raise DatasetError(f"{folder / MANIFEST}: malformed map entry {entry!r}") from e
         if role not in roles:
             continue
-        path = folder / file
+        path = relative_entry(folder, file, "manifest entry", DatasetError)  # never outside the dataset
         if not path.is_file():
             raise DatasetError(f"{path} listed in the manifest is missing")
         if entry.get("file_sha256") and sha256_of(path) != entry["file_sha256"]:

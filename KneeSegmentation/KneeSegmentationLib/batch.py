@@ -3,7 +3,9 @@
 A case is an image file of ``IN_DIR`` (``io.IMAGE_SUFFIXES``) or a sub-folder holding a DICOM series; its
 outputs are named after it (``OUT_DIR/knee01.seg.nrrd``, ``knee01.nii.gz`` …). A case whose outputs all exist
 is skipped (outputs are written atomically, so an existing file is a whole file): re-running after an
-interruption resumes. A case that fails is reported and skipped; the others go on. ``--shard I/N`` takes every
+interruption resumes. ``--force`` runs the finished cases too and replaces their outputs; without it a case
+with only some of its outputs on disk fails (``outputs.OutputPlan``: an existing file is replaced only with
+``--force``, an input never). A case that fails is reported and skipped; the others go on. ``--shard I/N`` takes every
 N-th case from the I-th (1-based), so N machines share a folder without sharing a case. At the end a summary
 table (one line per case) is printed and written to ``OUT_DIR/summary.csv`` (``summary-I-of-N.csv`` for a shard).
 
@@ -25,7 +27,7 @@ from .errors import InputError, KneeSegError
 from .files import write_text_atomically
 from .io import IMAGE_SUFFIXES
 from .labeltable import stem_of
-from .outputs import Outputs
+from .outputs import Outputs, check_writable_folder
 
 SEG_SUFFIX = ".seg.nrrd"
 
@@ -105,9 +107,10 @@ class CaseReport:
 
 def run_batch(in_dir: Path, out_dir: Path, options: BatchOptions, settings, shard: Shard = Shard(1, 1),
               echo: int | None = None, quiet: bool = False,
-              segment: Callable | None = None) -> list[CaseReport]:
-    """Segments every case of ``in_dir`` (of this shard) that is not finished; returns one report per case.
-    ``segment(image, settings)`` defaults to ``pipeline.run_segmentation`` (tests may pass their own)."""
+              segment: Callable | None = None, force: bool = False) -> list[CaseReport]:
+    """Segments every case of ``in_dir`` (of this shard) that is not finished (every case with ``force``);
+    returns one report per case. ``segment(image, settings)`` defaults to ``pipeline.run_segmentation``
+    (tests may pass their own)."""
     import numpy as np
     import SimpleITK as sitk
     from tqdm import tqdm
@@ -124,8 +127,9 @@ def run_batch(in_dir: Path, out_dir: Path, options: BatchOptions, settings, shar
             from .dicomseg import MISSING
 
             raise KneeSegError(MISSING) from None
+    check_writable_folder(out_dir, "OUT_DIR")
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in cases if not all(p.is_file() for p in options.outputs_for(c, out_dir).paths())]
+    todo = [c for c in cases if force or not all(p.is_file() for p in options.outputs_for(c, out_dir).paths())]
     reports = {c.name: CaseReport(c.name, "skipped", "already done") for c in cases if c not in todo}
     if todo:
         settings.model = resolve_model(settings.model)  # one model load for all cases
@@ -133,10 +137,10 @@ def run_batch(in_dir: Path, out_dir: Path, options: BatchOptions, settings, shar
         t0 = time.perf_counter()
         outputs = options.outputs_for(case, out_dir)
         try:
-            outputs.check(case.path)
+            plan = outputs.check(case.path, force=force)  # inputs, existing files, writable: before the work
             image = read_image(case.path, echo=echo)
             result = segment(image, settings)
-            outputs.write(image, case.path, echo, result, title=f"{case.name} — {result.model.tag}")
+            outputs.write(plan, image, case.path, echo, result, title=f"{case.name} — {result.model.tag}")
             labels = sitk.GetArrayViewFromImage(result.labelmap)
             voxel_ml = float(np.prod(result.labelmap.GetSpacing())) / 1000.0
             volumes = {b.name: round(float(np.count_nonzero(labels == b.label)) * voxel_ml, 1) for b in BONES}
@@ -206,7 +210,7 @@ def batch_command(a: argparse.Namespace) -> int:
     if not any(vars(options).values()):
         raise InputError("nothing to write: --no-seg leaves no output; add --labelmap or --statistics")
     settings = SegmentationSettings(model=a.model, device=a.device, n4=not a.no_n4, roi=a.roi, tta=a.tta)
-    reports = run_batch(a.in_dir, a.out_dir, options, settings, a.shard, a.echo, a.quiet)
+    reports = run_batch(a.in_dir, a.out_dir, options, settings, a.shard, a.echo, a.quiet, force=a.force)
     print(summary_table(reports))
     print(f"summary: {write_summary(reports, a.out_dir, a.shard)}")
     return 1 if any(r.status == "failed" for r in reports) else 0

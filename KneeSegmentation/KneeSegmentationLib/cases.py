@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from .constants import BONES, NUM_CLASSES
 from .errors import DatasetError, InputError
-from .files import usual_permissions
+from .files import TEMP_PREFIX, remove_stale_temps, usual_permissions
 from .metrics import dice
 
 CASE_FORMAT = "kneeseg-case/1"
@@ -189,16 +189,45 @@ def save_training_case(image: sitk.Image, corrected: sitk.Image, dataset_dir: Pa
     """
     labels, original_labels = check_case(image, corrected, original)
     dataset_dir = Path(dataset_dir) if dataset_dir is not None else default_dataset_dir()
-    dataset_dir.mkdir(parents=True, exist_ok=True)
+    prepare_dataset_dir(dataset_dir)
     digest = _content_hash(image, labels)
-    twin = _existing_hashes(dataset_dir).get(digest)
-    if twin:
-        raise DatasetError(f"this image with this correction is saved already as case {twin} in {dataset_dir}")
+    # The claim: one atomic mkdir per content. Of two identical saves at once, one claims, the other is told
+    # the case is being saved; check and write are then one step (no duplicate can appear in between).
+    claim = dataset_dir / f"{TEMP_PREFIX}claim-{digest[:32]}"
+    remove_stale_temps(dataset_dir)
+    try:
+        claim.mkdir()
+    except FileExistsError:
+        raise DatasetError(f"this image with this correction is being saved right now in {dataset_dir} "
+                           "(by another process); it is saved once") from None
+    try:
+        twin = _existing_hashes(dataset_dir).get(digest)
+        if twin:
+            raise DatasetError(f"this image with this correction is saved already as case {twin} in {dataset_dir}")
+        return _write_case(image, labels, original_labels, dataset_dir, digest, source, model_tag)
+    finally:
+        shutil.rmtree(claim, ignore_errors=True)
 
+
+def prepare_dataset_dir(dataset_dir: Path) -> None:
+    """Creates ``dataset_dir`` if needed; refuses a file, or a folder we cannot write in, with one line."""
+    if dataset_dir.exists() and not dataset_dir.is_dir():
+        raise DatasetError(f"{dataset_dir} is a file, not a dataset folder")
+    try:
+        dataset_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}probe-", dir=dataset_dir)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise DatasetError(f"cannot write cases in {dataset_dir} ({e.strerror or e})") from None
+
+
+def _write_case(image: sitk.Image, labels: np.ndarray, original_labels: np.ndarray | None, dataset_dir: Path,
+                digest: str, source: str, model_tag: str | None) -> Path:
     label_image = sitk.GetImageFromArray(labels)
     label_image.CopyInformation(image)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-case-", dir=dataset_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}case-", dir=dataset_dir))
     try:
         sitk.WriteImage(image, str(tmp / IMAGE_FILE), True)
         sitk.WriteImage(label_image, str(tmp / LABEL_FILE), True)
@@ -216,6 +245,8 @@ def save_training_case(image: sitk.Image, corrected: sitk.Image, dataset_dir: Pa
                 continue  # another writer took the name in between
             return final
         raise DatasetError(f"could not find a free case name in {dataset_dir}")
+    except RuntimeError as e:  # ITK's writer: disk full, permissions
+        raise DatasetError(f"could not write the case in {dataset_dir}: {str(e).strip().splitlines()[-1]}") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -43,6 +43,7 @@ def child_env() -> dict:
     paths = [str(p) for p in dict.fromkeys([trainer_parent() or LIB_PARENT, LIB_PARENT])]
     env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[PARENT_PID_ENV] = str(os.getpid())
     return env
 
 
@@ -97,3 +98,47 @@ def log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
     except OSError:
         return ""
     return text[-chars:]
+
+
+# ------------------------------------------------------------------------------------ orphaned children
+PARENT_PID_ENV = "KNEESEG_PARENT_PID"  # set by ``child_env``: the pid of the process that started the child
+ORPHAN_POLL_S = 1.0
+EXIT_ORPHANED = 75  # the child's exit status when it stopped because its parent was gone
+
+
+_watched_parent: list[int] = []  # the parent pid ``watch_parent`` took from the environment
+
+
+def parent_is_gone() -> bool:
+    """True in a child started by ``spawn`` whose parent has died (it was re-parented: ``os.getppid``
+    changed); False in any other process."""
+    expected = str(_watched_parent[0]) if _watched_parent else os.environ.get(PARENT_PID_ENV, "")
+    return expected.isdigit() and os.getppid() != int(expected)
+
+
+def exit_if_orphaned() -> None:
+    """Ends this process at once, writing nothing more, if it is an orphaned child (see ``parent_is_gone``).
+    Called before a child makes anything permanent (``save_model``'s rename)."""
+    if parent_is_gone():
+        print("kneeseg: the process that started this job is gone; stopping without writing", file=sys.stderr)
+        os._exit(EXIT_ORPHANED)
+
+
+def watch_parent(interval_s: float = ORPHAN_POLL_S) -> None:
+    """In a child: a daemon thread ends the process within ``interval_s`` of its parent's death, so a
+    ``kneeseg retrain`` killed with SIGKILL does not leave a trainer running (and later writing) behind."""
+    import threading
+    import time
+
+    expected = os.environ.pop(PARENT_PID_ENV, "")  # not inherited by our own children (DataLoader workers)
+    if not expected.isdigit():
+        return
+    _watched_parent[:] = [int(expected)]
+    exit_if_orphaned()
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval_s)
+            exit_if_orphaned()
+
+    threading.Thread(target=loop, name="kneeseg-parent-watch", daemon=True).start()

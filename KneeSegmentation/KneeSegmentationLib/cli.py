@@ -7,13 +7,16 @@
     kneeseg info [MODEL]          kneeseg models          kneeseg --version
 
 Failures print one line ``kneeseg: error: …`` and exit with status 1 (2 for usage errors, 130 when
-interrupted); nothing is left half-written because every output is written to a temporary file and renamed.
+interrupted, saying what was and was not written); nothing is left half-written because every output is
+written to a temporary file and renamed. Outputs are checked before the work (``outputs``): suffixes, an
+input is never overwritten, an existing output only with ``--force``, folders must be writable.
 Only what a command needs is imported: no vtk or slicer at all (the .seg.nrrd is written by ``segfile``),
 torch only once a model is needed.
 """
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import sys
 import time
@@ -22,10 +25,13 @@ from typing import Sequence
 
 from .cli_training import add_training_commands
 from .cliargs import HelpFormatter, add_run_options, normalize_argv, version_string
-from .errors import Cancelled, KneeSegError
+from .errors import Cancelled, Interrupted, KneeSegError
+from .names import printable
 from .progress import CancelToken
+from .signals import os_error_message, quiet_stdout, terminate_as_interrupt
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that went away
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +94,8 @@ def settings_from(args: argparse.Namespace, uncertainty: bool = False):
 
 def _segment(args: argparse.Namespace) -> int:
     outputs = segment_outputs(args)
-    outputs.check(args.image)  # suffixes and DICOM SEG prerequisites, before any work
+    # suffixes, DICOM SEG prerequisites, inputs, existing files (--force), writable folders: before any work
+    plan = outputs.check(args.image, force=args.force)
     from .io import read_image
     from .overlap import segment_overlapped
 
@@ -99,7 +106,7 @@ def _segment(args: argparse.Namespace) -> int:
     result = _run_with_progress(segment_overlapped, image, settings, quiet=args.quiet)
     timings = {"read": read_s, **result.timings}
     t1 = time.perf_counter()
-    outputs.write(image, args.image, args.echo, result, title=f"{args.image.name} — {result.model.tag} on {result.device}")
+    outputs.write(plan, image, args.image, args.echo, result, title=f"{args.image.name} — {result.model.tag} on {result.device}")
     timings["write"] = time.perf_counter() - t1
     _report(result, timings, time.perf_counter() - t0)
     return 0
@@ -154,8 +161,9 @@ def _info(args: argparse.Namespace) -> int:
     card, path = _card_of(args.model)
     d = {"path": str(path), **card.to_dict()}
     if args.json:
-        print(json.dumps(d, indent=2))
+        builtins.print(json.dumps(d, indent=2))  # JSON escapes every control character itself
         return 0
+    print = _print_clean
     print(plain_summary(card))
     print(f"  {card.tag} in {path}")
     pre = d["input"]
@@ -175,10 +183,16 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_clean(*values, **kwargs) -> None:
+    """``print`` for text taken from model cards: control characters (terminal escapes) are not passed on."""
+    builtins.print(*(printable(v, newlines=True) for v in values), **kwargs)
+
+
 def _models(_: argparse.Namespace) -> int:
     from .infer import available_devices
     from .modelfile import ModelEntry, default_model, format_metrics, list_models
 
+    print = _print_clean
     entries: list[ModelEntry] = list_models()
     if not entries:
         print("no models installed")
@@ -197,17 +211,31 @@ COMMANDS = {"segment": _segment, "info": _info, "models": _models}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(normalize_argv(sys.argv[1:] if argv is None else argv))
+    restore = terminate_as_interrupt()
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at the interpreter's exit
+        return code
+    except Interrupted as e:
+        print(f"kneeseg: interrupted; {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (KeyboardInterrupt, Cancelled):
         print("kneeseg: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        quiet_stdout()  # `kneeseg info | head -1`: the reader has gone; not an error worth a traceback
+        return EXIT_BROKEN_PIPE
     except KneeSegError as e:
-        print(f"kneeseg: error: {e}", file=sys.stderr)
+        print(f"kneeseg: error: {printable(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:
+        print(f"kneeseg: error: {printable(os_error_message(e))}", file=sys.stderr)
         return EXIT_ERROR
     except MemoryError:
         print("kneeseg: error: out of memory; try --roi to segment a smaller region", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

@@ -66,16 +66,21 @@ def add_training_commands(sub: argparse._SubParsersAction) -> dict[str, Callable
 def read_labels(path: Path, image: sitk.Image) -> tuple[sitk.Image, str | None]:
     """A labelmap on ``image``'s grid from a ``.seg.nrrd`` (via MRML) or a labelmap file; and the model tag
     kept on the segments, if any."""
-    if not path.exists():
-        raise KneeSegError(f"{path}: not found")
+    from .io import check_readable
+
+    check_readable(path)
     if not path.name.endswith(".seg.nrrd"):
         try:
             return sitk.ReadImage(str(path)), None
         except RuntimeError as e:
             raise KneeSegError(f"{path}: unreadable labelmap ({str(e).strip().splitlines()[-1]})") from e
     from .mrml import create_scene, volume_node_from_image
-    from .segments import load_segmentation, model_tag_of, segmentation_to_labelmap
+    from .segments import load_segmentation, model_tag_of, segmentation_grid_mismatch, segmentation_to_labelmap
 
+    why = segmentation_grid_mismatch(path, image)  # as a labelmap file of another grid is refused
+    if why:
+        raise KneeSegError(f"{path.name} is not on the image's grid ({why}); export the segmentation with the "
+                           "image as reference geometry")
     scene = create_scene()
     volume = volume_node_from_image(scene, image, "image")
     node = load_segmentation(scene, path)
@@ -165,9 +170,10 @@ def resolve_model_arg(text: str) -> Path:
 
 
 def select_command(a: argparse.Namespace) -> int:
-    from .modelfile import read_card, select_default_model
+    from .modelfile import bundled_models_root, read_card, select_default_model, user_models_root
 
     path = resolve_model_arg(a.model)
-    select_default_model(path, a.root)
+    roots = [bundled_models_root(), user_models_root()] + ([a.root] if a.root else [])
+    select_default_model(path, a.root, roots=roots)  # the roots `default_model` searches: else it changes nothing
     print(f"default model: {read_card(path).tag} ({path.resolve()})")
     return 0

@@ -82,3 +82,5 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
     p.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace existing output files (never an input); batch: "
+                   "also run the cases that are finished")

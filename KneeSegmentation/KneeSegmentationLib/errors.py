@@ -19,5 +19,10 @@ class Cancelled(KneeSegError):
     """The user cancelled the run. Nothing was written and the scene is unchanged."""
 
 
+class Interrupted(Cancelled):
+    """Interrupted while writing outputs: ``str()`` says what was written and what was not
+    (``outputs.OutputPlan``)."""
+
+
 class DatasetError(KneeSegError):
     """A training dataset or saved case is missing, malformed or inconsistent."""

@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 CHUNK = 1 << 20  # bytes read at a time when hashing (model weights, sdists)
+# Every temporary file or folder the library creates beside a result starts with this, so that one left by a
+# killed process is recognisably ours: ``remove_stale_temps`` deletes those older than ``STALE_TEMP_S``.
+TEMP_PREFIX = ".kneeseg-tmp-"
+STALE_TEMP_S = 15 * 60
 
 
 def _umask() -> int:
@@ -70,7 +74,8 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], suf
     never sees half a file, and two writers never share a temporary name. ``suffix`` keeps the extension that
     writers choosing their format by file name (ITK, MRML storage nodes) need."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=suffix, dir=path.parent)
+    remove_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -85,3 +90,29 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], suf
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     """``write_atomically`` for UTF-8 text (JSON records, model cards)."""
     return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def remove_stale_temps(folder: str | os.PathLike, older_than_s: float = STALE_TEMP_S) -> list[Path]:
+    """Removes our temporaries (``TEMP_PREFIX``…) in ``folder`` last modified over ``older_than_s`` ago: what a
+    killed run left. Younger ones may belong to a run in progress and are kept. Returns what was removed."""
+    import shutil
+    import time
+
+    removed = []
+    try:
+        entries = [e for e in Path(folder).iterdir() if e.name.startswith(TEMP_PREFIX)]
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        try:
+            if now - entry.lstat().st_mtime < older_than_s:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            continue
+    return removed

@@ -13,7 +13,6 @@ series, the slices of different echoes interleave at the same positions and the 
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -24,14 +23,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .files import usual_permissions
+from .files import TEMP_PREFIX, remove_stale_temps, usual_permissions
+from .limits import check_direction, check_input_size, check_spacing
 
 IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 ECHO_TIME_TAG = "0018|0081"
 POSITION_TAG = "0020|0032"
 ORIENTATION_TAG = "0020|0037"
 ECHO_DECIMALS = 3  # echo times equal to 1 µs are the same echo
-MAX_SPACING_MM = 100.0  # no knee MRI has voxels larger than this; such a header is broken
 SLICE_GAP_TOLERANCE = 0.1  # relative variation of the slice step tolerated in a DICOM series
 
 
@@ -40,8 +39,7 @@ SLICE_GAP_TOLERANCE = 0.1  # relative variation of the slice step tolerated in a
 def read_image(path: str | os.PathLike, echo: int | None = None) -> sitk.Image:
     """Reads ``path`` (image file, DICOM folder or DICOM file) as a validated 3D float32 image."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder.")
+    check_readable(path)
     if path.is_dir() or not _has_image_suffix(path):
         image = _read_dicom(path, echo)
     else:
@@ -70,9 +68,56 @@ def _has_image_suffix(path: Path) -> bool:
     return path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _read_file(path: Path) -> sitk.Image:
+def check_readable(path: Path) -> None:
+    """Refuses a path that is missing or that we may not read, saying which of the two it is."""
     try:
-        return sitk.ReadImage(str(path))
+        os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file or folder.") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror or e}).") from None
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise InputError(f"{path}: cannot be read (permission denied).")
+    if path.is_dir():
+        try:
+            os.listdir(path)
+        except OSError as e:
+            raise InputError(f"{path}: the folder cannot be read ({e.strerror or e}).") from None
+    else:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise InputError(f"{path}: cannot be read ({e.strerror or e}).") from None
+
+
+COMPLEX_PIXELS = (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64)
+
+
+def check_header(reader: sitk.ImageFileReader, name: str) -> None:
+    """What the header declares, checked before any pixel is read: kind of pixel, size, spacing, direction."""
+    if reader.GetPixelID() in COMPLEX_PIXELS:
+        raise InputError(f"{name} holds complex voxels (k-space or phase data); a real-valued magnitude MRI is "
+                         "needed.")
+    if reader.GetNumberOfComponents() > 1:
+        raise InputError(f"{name} has {reader.GetNumberOfComponents()} components per voxel "
+                         "(vector or colour image); a scalar 3D MRI is needed.")
+    check_input_size(reader.GetSize(), name)
+    if reader.GetDimension() == 3:
+        check_spacing(reader.GetSpacing(), name)
+        check_direction(reader.GetDirection(), name)
+
+
+def _read_file(path: Path) -> sitk.Image:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(f"{path.name} could not be read as an image: {_first_line(error)}") from None
+    check_header(reader, path.name)
+    try:
+        return reader.Execute()
     except RuntimeError as error:
         raise InputError(f"{path.name} could not be read as an image: {_first_line(error)}") from None
 
@@ -115,6 +160,15 @@ def _read_dicom(path: Path, echo: int | None) -> sitk.Image:
         raise InputError(f"Echo {echo} does not exist in {path.name}; available echoes: {_describe(groups)}.")
     group = groups[index]
     files = [s.file for s in group.slices]
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    try:
+        first.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(f"{Path(files[0]).name} is not a readable DICOM file: {_first_line(error)}") from None
+    if first.GetPixelID() in COMPLEX_PIXELS:
+        raise InputError(f"The DICOM series in {path.name} holds complex voxels; a magnitude image is needed.")
+    check_input_size((*first.GetSize()[:2], len(files)), f"The DICOM series in {path.name}")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
@@ -138,6 +192,7 @@ def _describe(groups: list[_EchoGroup]) -> str:
 def _series_files(path: Path) -> list[str]:
     """File names of the one DICOM series at ``path`` (a folder holding one series, or a file of a series)."""
     folder = path if path.is_dir() else path.parent
+    check_readable(folder)
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     by_id = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
     if not path.is_dir():
@@ -225,6 +280,9 @@ def _check_slice_steps(group: _EchoGroup, path: Path) -> None:
 def validate_image(image: sitk.Image, name: str = "The image") -> None:
     """Raises InputError naming the problem if ``image`` cannot be segmented; returns None if it can."""
     dim = image.GetDimension()
+    if image.GetPixelID() in COMPLEX_PIXELS:
+        raise InputError(f"{name} holds complex voxels (k-space or phase data); a real-valued magnitude MRI is "
+                         "needed.")
     if image.GetNumberOfComponentsPerPixel() > 1:
         raise InputError(f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
                          "(vector or colour image); a scalar 3D MRI is needed.")
@@ -237,13 +295,9 @@ def validate_image(image: sitk.Image, name: str = "The image") -> None:
         raise InputError(f"{name} is empty (size {list(size)}).")
     if 1 in size:
         raise InputError(f"{name} is a single slice (size {list(size)}), i.e. 2D; a 3D volume is needed.")
-    spacing = image.GetSpacing()
-    if not all(math.isfinite(s) and 0.0 < s <= MAX_SPACING_MM for s in spacing):
-        raise InputError(f"{name} has an impossible voxel spacing {tuple(round(s, 6) for s in spacing)} mm "
-                         f"(each must be > 0 and ≤ {MAX_SPACING_MM:g} mm); its header is broken.")
-    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
-    if not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-6:
-        raise InputError(f"{name} has a degenerate direction matrix; its header is broken.")
+    check_input_size(size, name)
+    check_spacing(image.GetSpacing(), name)
+    check_direction(image.GetDirection(), name)
     _check_values(sitk.GetArrayViewFromImage(image), name)
 
 
@@ -272,9 +326,14 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     if not _has_image_suffix(path):
         raise InputError(f"Cannot write {path.name}: use one of {', '.join(IMAGE_SUFFIXES)}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    remove_stale_temps(path.parent)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}-"))
     try:
-        sitk.WriteImage(image, str(tmp / path.name), compress)
+        try:
+            sitk.WriteImage(image, str(tmp / path.name), compress)
+        except RuntimeError as error:  # ITK says "could not write": disk full, file too large, I/O error
+            raise InputError(f"could not write {path}: {_first_line(error)}") from None
+        verify_written(tmp / path.name, path, image.GetSize())
         usual_permissions(tmp)
         produced = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)  # header last
         for file in produced:
@@ -282,3 +341,15 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def verify_written(written: Path, final: Path, size=None) -> None:
+    """Reads a file ITK just wrote back in full: its NRRD writer ignores failed writes (a full disk leaves a
+    truncated file and no error), and a truncated result must never be renamed into place."""
+    try:
+        back = sitk.ReadImage(str(written))
+    except RuntimeError as error:
+        raise InputError(f"could not write {final}: the file came out unreadable ({_first_line(error)}); "
+                         "is the disk full?") from None
+    if size is not None and tuple(back.GetSize())[:len(size)] != tuple(size):
+        raise InputError(f"could not write {final}: the file came out incomplete; is the disk full?")

@@ -24,7 +24,10 @@ from safetensors.torch import load_file, save_file
 
 from .constants import BONES, SUPPORTED_CLASS_COUNTS
 from .errors import ModelError
-from .files import read_json_object, sha256_of, usual_permissions, write_text_atomically
+from .children import exit_if_orphaned
+from .files import TEMP_PREFIX, read_json_object, sha256_of, usual_permissions, write_text_atomically
+from .limits import check_model_card
+from .names import check_name, check_version, printable
 from .network import UNet3D, UNetConfig
 
 FORMAT = "kneeseg-model/1"
@@ -109,6 +112,9 @@ class ModelCard:
         if d.get("format") != FORMAT:
             raise ModelError(f"not a KneeSegmentation model card (format {d.get('format')!r}, expected {FORMAT!r})")
         try:
+            check_name(d["name"], "model name")
+            check_version(d["version"])
+            check_model_card(d["input"]["spacing_mm"], d["input"]["patch_size"], d["network"]["features"])
             return cls(
                 name=str(d["name"]),
                 version=int(d["version"]),
@@ -123,7 +129,7 @@ class ModelCard:
                 weights_sha256=str(d["weights"]["sha256"]),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"model card is malformed: {e!r}") from e
+            raise ModelError(f"model card is malformed: {printable(repr(e))}") from e
 
 
 @dataclass
@@ -190,12 +196,44 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelError(f"{weights}: not a valid safetensors file ({e})") from e
     net = UNet3D(card.network)
+    why = state_mismatch(net.state_dict(), state)
+    if why:
+        raise ModelError(f"{weights}: weights do not fit the network in the card: {why}")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelError(f"{weights}: weights do not fit the network in the card: {str(e).splitlines()[0]}") from e
     net.eval().to(device)
     return LoadedModel(card=card, network=net, path=path)
+
+
+def state_mismatch(expected: dict, found: dict) -> str | None:
+    """Which tensors of ``found`` are missing, unexpected or of the wrong shape for ``expected``, by name."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k} is {tuple(found[k].shape)}, expected {tuple(expected[k].shape)}"
+              for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    parts = ([f"missing tensor(s) {', '.join(missing[:3])}" + (" …" if len(missing) > 3 else "")] if missing else []) + \
+            ([f"unexpected tensor(s) {', '.join(unexpected[:3])}" + (" …" if len(unexpected) > 3 else "")]
+             if unexpected else []) + shapes[:3]
+    return printable("; ".join(parts)) if parts else None
+
+
+def verify_weights(model_dir: Path | str) -> ModelCard:
+    """The card of ``model_dir`` once its weights' checksum and labels are checked (without loading torch
+    tensors): what ``select`` needs before it makes a version the default."""
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelError(f"{model_dir}: {WEIGHTS_FILE} is missing")
+    _refuse_pickles(weights)
+    digest = sha256_of(weights)
+    if digest != card.weights_sha256:
+        raise ModelError(f"{weights}: checksum mismatch (file {digest[:12]}…, card {card.weights_sha256[:12]}…); "
+                         "the file is damaged or was modified")
+    check_labels(card, model_dir)
+    return card
 
 
 def _versions_in(name_dir: Path) -> list[int]:
@@ -210,14 +248,16 @@ def save_model(network: torch.nn.Module, card: ModelCard, root: Path | str, vers
     ``version=None`` takes the next free number. The folder is assembled under a temporary name in the same
     directory and renamed into place; if ``v<N>`` exists already this raises instead of overwriting.
     """
+    check_name(card.name, "model name")
     name_dir = Path(root) / card.name
     name_dir.mkdir(parents=True, exist_ok=True)
     if version is None:
-        version = max(_versions_in(name_dir), default=0) + 1
+        version = max(_versions_in(name_dir), default=0) + 1  # a stray empty v<N> folder counts as taken
+    check_version(version)
     final = name_dir / f"v{version}"
     if final.exists():
         raise ModelError(f"{final} exists already; models are never overwritten")
-    tmp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=name_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}v{version}-", dir=name_dir))
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE))
@@ -225,7 +265,10 @@ def save_model(network: torch.nn.Module, card: ModelCard, root: Path | str, vers
         card.weights_sha256 = sha256_of(tmp / WEIGHTS_FILE)
         (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
         usual_permissions(tmp)
+        exit_if_orphaned()  # a fine-tuning child whose parent died writes nothing (see children.py)
         try:
+            if final.exists():  # os.rename would replace an empty folder: a stray one is not ours to take
+                raise FileExistsError(final)
             os.rename(tmp, final)  # atomic; fails if ``final`` appeared meanwhile (non-empty dir)
         except OSError as e:
             raise ModelError(f"{final} exists already; models are never overwritten") from e
@@ -297,12 +340,21 @@ def selected_model_path(roots: Iterable[Path] | None = None) -> Path | None:
     return None
 
 
-def select_default_model(model_dir: Path | str, root: Path | str | None = None) -> Path:
+def select_default_model(model_dir: Path | str, root: Path | str | None = None,
+                         roots: Iterable[Path] | None = None) -> Path:
     """Makes ``model_dir`` the default model (``selection.json`` in ``root``, default the user models root,
-    written atomically). Rollback is selecting an older version; the models themselves are not touched."""
-    model_dir = Path(model_dir).resolve()
-    card = read_card(model_dir)
+    written atomically). Rollback is selecting an older version; the models themselves are not touched.
+
+    Refused (``ModelError``): a model whose weights fail their checksum, and, when the caller passes the
+    ``roots`` its ``default_model`` searches (every front end does), a folder outside them, where the selection
+    would change nothing."""
     root = Path(root) if root is not None else user_models_root()
+    model_dir = Path(model_dir).resolve()
+    allowed = list(roots) if roots is not None else None
+    if allowed is not None and not any(Path(r).resolve() in model_dir.parents for r in allowed):
+        raise ModelError(f"{model_dir} is not in a model root ({', '.join(map(str, dict.fromkeys(allowed)))}); "
+                         "copy the version folder there (or pass --root) before selecting it")
+    card = verify_weights(model_dir)
     root.mkdir(parents=True, exist_ok=True)
     data = {"path": str(model_dir), "tag": card.tag, "selected": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return write_text_atomically(root / SELECTION_FILE, json.dumps(data, indent=2) + "\n")
@@ -311,7 +363,9 @@ def select_default_model(model_dir: Path | str, root: Path | str | None = None) 
 def next_version(name: str, roots: Iterable[Path] | None = None) -> int:
     """The next free version number of the family ``name`` across all roots (bundled and user), so that a
     fine-tuned model never shares a tag with a bundled one."""
-    return max((e.version for e in list_models(roots) if e.name == name), default=0) + 1
+    roots = list(roots) if roots is not None else [bundled_models_root(), user_models_root()]
+    on_disk = [v for root in roots for v in _versions_in(Path(root) / name)]  # stray empty folders too
+    return max([e.version for e in list_models(roots) if e.name == name] + on_disk, default=0) + 1
 
 
 def default_model(roots: Iterable[Path] | None = None) -> ModelEntry:

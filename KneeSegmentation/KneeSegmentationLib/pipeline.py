@@ -70,7 +70,7 @@ def _round_up(n: float, divisor: int) -> int:
 
 def roi_grid(roi: RoiBox, spacing: tuple[float, float, float], divisor: int) -> sitk.Image:
     """A model grid covering ``roi`` exactly (rounded up to whole network blocks)."""
-    size = [max(divisor, _round_up(s / sp, divisor)) for s, sp in zip(roi.size_mm, spacing)]
+    size = [max(divisor, _round_up(min(s / sp, 1e9), divisor)) for s, sp in zip(roi.size_mm, spacing)]
     return model_grid_around(roi.center_lps, spacing, size)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .limits import check_model_grid
 
 IDENTITY_3D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # After normalization the image lies mostly in [0, 1]; outliers are clipped to this range so that a few
@@ -57,6 +58,7 @@ def model_grid_around(center_lps: Sequence[float], spacing: Sequence[float], siz
     """An empty reference grid (identity direction) of ``size`` voxels at ``spacing`` centred on ``center_lps``."""
     spacing = np.asarray(spacing, float)
     size = np.asarray(size, int)
+    check_model_grid(size.tolist(), spacing.tolist(), "the region to segment")  # before allocating it
     origin = np.asarray(center_lps, float) - spacing * (size - 1) / 2.0
     ref = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
     ref.SetSpacing(spacing.tolist())

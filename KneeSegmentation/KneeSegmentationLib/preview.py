@@ -12,6 +12,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .constants import BONES
+from .errors import InputError
+from .files import write_atomically
 from .preprocess import model_grid_around, resample_to_grid
 
 PREVIEW_SPACING_MM = 1.0
@@ -61,7 +63,12 @@ def write_preview(image: sitk.Image, labelmap: sitk.Image, center_lps: Sequence[
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     path = Path(path)
+    if not path.name.lower().endswith(".png"):
+        plt.close(fig)
+        raise InputError(f"{path.name}: a preview is a PNG; its name must end with .png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:  # temp file + rename, like every other output: a reader never sees half a PNG
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"), suffix=".png")
+    finally:
+        plt.close(fig)
     return path

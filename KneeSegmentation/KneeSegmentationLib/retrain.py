@@ -45,11 +45,11 @@ from pathlib import Path
 from typing import Sequence
 
 from .cases import IMAGE_FILE, LABEL_FILE, list_cases, default_dataset_dir
-from .children import TRAINER_PARENTS, default_python, kill_tree, log_tail, spawn, trainer_parent
+from .children import TRAINER_PARENTS, default_python, kill_tree, log_tail, spawn, trainer_parent, watch_parent
 from .constants import BONES
 from .errors import DatasetError, KneeSegError, ModelError
 from .files import write_text_atomically
-from .modelfile import (VERSION_DIR, bundled_models_root, default_model, read_card, select_default_model, selected_model_path,
+from .modelfile import (SELECTION_FILE, VERSION_DIR, bundled_models_root, default_model, read_card, select_default_model, selected_model_path,
                         user_models_root)
 
 SYNTH_DATASET_ENV = "KNEESEG_SYNTH_DATASET"
@@ -246,6 +246,15 @@ def decide_default(new: dict, parent: dict, held_out: bool, make_default: str) -
     return False, f"not better on held-out cases (mean Dice {new['score']:.3f} vs {parent['score']:.3f})"
 
 
+def failure_reason(log: str) -> str:
+    """The line of a child's log that says why it failed: the last exception or error line, else the last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.search(r"(Error|Exception|error:|Killed)", line) and not line.startswith("File "):
+            return line[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
 # ------------------------------------------------------------------------------------------------ job
 class RetrainJob:
     """One retraining: start(), then poll() from a timer until ``status.finished``; stop() at any time.
@@ -298,6 +307,9 @@ class RetrainJob:
 
     def start(self) -> "RetrainJob":
         self._resolve()
+        # Before any child exists: pin the current default, so that a version written by a child whose parent
+        # died (it stops, but may be past its last check) never becomes the default just by being the newest.
+        self._pinned = self._keep_current_default()
         self._t0 = time.perf_counter()
         self._work = Path(tempfile.mkdtemp(prefix="kneeseg-retrain-"))
         _link_cases(self.train_cases, self._work / "train_cases")
@@ -339,7 +351,8 @@ class RetrainJob:
             log = log_tail(self._work / "train.log", 1 << 16)
             found = WRITTEN_LINE.findall(log)
             if code != 0 or not found:
-                self._fail(f"fine-tuning failed (exit status {code}):\n{log_tail(self._work / 'train.log')}")
+                self._fail(f"fine-tuning failed (exit status {code}): {failure_reason(log)}\n"
+                           f"{log_tail(self._work / 'train.log')}")
                 return
             self.new_model = Path(found[-1].strip())
             self._keep_current_default()
@@ -353,8 +366,9 @@ class RetrainJob:
             self._proc = spawn(cmd, self._work / "compare.log")
             return
         if code != 0 or not (self._work / "compare.json").is_file():
-            self._fail(f"the comparison failed (exit status {code}); the new version {self.new_model} is kept but "
-                       f"not made default:\n{log_tail(self._work / 'compare.log')}")
+            compare_log = log_tail(self._work / "compare.log", 1 << 16)
+            self._fail(f"the comparison failed (exit status {code}): {failure_reason(compare_log)}; the new version "
+                       f"{self.new_model} is kept but not made default\n{compare_log[-2000:]}")
             return
         try:
             self._register(json.loads((self._work / "compare.json").read_text(encoding="utf-8")))
@@ -362,11 +376,21 @@ class RetrainJob:
             self._fail(f"could not record the comparison ({e}); the new version {self.new_model} is kept but not "
                        "made default")
 
-    def _keep_current_default(self) -> None:
+    def _keep_current_default(self) -> bool:
         """The new version must not become the default just by being the newest: unless a selection exists,
-        pin the model that was the default before the retraining started."""
+        pin the model that was the default before the retraining started. True if it wrote the selection."""
         if selected_model_path([self.root]) is None:
-            select_default_model(self._default_before, self.root)
+            select_default_model(self._default_before, self.root, roots=self._roots())
+            return True
+        return False
+
+    def _unpin_if_nothing_new(self) -> None:
+        """Removes the selection ``start`` wrote when no new version exists: the models root is as before."""
+        if getattr(self, "_pinned", False) and not self._new_version_dirs():
+            try:
+                (self.root / SELECTION_FILE).unlink()
+            except OSError:
+                pass
 
     def _current_default(self) -> Path:
         """The default model of the parent's family before retraining (pinned later so that the new version
@@ -396,7 +420,7 @@ class RetrainJob:
                   "made_default": make, "reason": reason}
         record_user_metrics(self.root, self.new_model, record)
         if make:
-            select_default_model(self.new_model, self.root)
+            select_default_model(self.new_model, self.root, roots=self._roots())
         self._result = RetrainResult(self.new_model, new["tag"], parent["tag"], record["metrics"],
                                      record["parent_metrics"], self.held_out, make, reason, train_s, eval_s)
         self._phase, self._message, self._t_end = "done", f"{new['tag']}: {reason}", now
@@ -404,6 +428,7 @@ class RetrainJob:
 
     def _fail(self, error: str) -> None:
         self._phase, self._error, self._message, self._t_end = "failed", error, "Failed", time.perf_counter()
+        self._unpin_if_nothing_new()
         self._remove_partial_outputs()
         self._cleanup_work()
 
@@ -424,6 +449,7 @@ class RetrainJob:
                 message = (f"Stopped during the comparison: the new version {self.new_model} is complete and kept, "
                            "but not evaluated and not made default")
             self._phase, self._message, self._t_end = "stopped", message, time.perf_counter()
+            self._unpin_if_nothing_new()
             self._remove_partial_outputs()
             self._cleanup_work()
             return self._status_unlocked()
@@ -473,6 +499,7 @@ def _compare_main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--device", default="auto")
     c.add_argument("--no-n4", action="store_true")
     a = p.parse_args(argv)
+    watch_parent()
     result = compare_on_cases(a.models, a.cases, a.device, n4=not a.no_n4)
     write_text_atomically(a.out, json.dumps(result, indent=2) + "\n")
     return 0

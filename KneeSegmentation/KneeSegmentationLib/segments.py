@@ -177,8 +177,47 @@ def save_segmentation(segmentation_node, path: str | Path) -> Path:
         storage.SetFileName(str(tmp))
         if not storage.WriteData(segmentation_node):
             raise InputError(f"could not write {path}")
+        from .io import verify_written
+
+        verify_written(tmp, path)  # the storage node, like ITK, may not notice a full disk
 
     return write_atomically(path, write, suffix=".seg.nrrd")
+
+
+OFFSET_KEY = "Segmentation_ReferenceImageExtentOffset"
+
+
+def segmentation_grid_mismatch(path: str | Path, image: sitk.Image) -> str | None:
+    """Why the ``.seg.nrrd`` at ``path`` was not drawn on ``image``'s voxel grid (or None if it was), from its
+    header alone. A segmentation may cover a sub-box of its reference image (Slicer crops to the segments,
+    recording where in ``Segmentation_ReferenceImageExtentOffset``); its spacing, direction and the reference
+    origin this implies must match ``image``, as a labelmap file's grid must (``cases.geometry_mismatch``)."""
+    from .cases import GEOMETRY_RTOL
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise InputError(f"{Path(path).name}: unreadable segmentation ({str(e).strip().splitlines()[-1]})") from None
+    if reader.GetDimension() != 3:
+        return f"a {reader.GetDimension()}D segmentation"
+    spacing, direction = np.array(reader.GetSpacing()), np.array(reader.GetDirection()).reshape(3, 3)
+    if not np.allclose(spacing, image.GetSpacing(), rtol=GEOMETRY_RTOL, atol=0):
+        return f"spacing {tuple(spacing)} vs {image.GetSpacing()} mm"
+    if not np.allclose(direction.ravel(), image.GetDirection(), rtol=0, atol=GEOMETRY_RTOL):
+        return "direction (orientation) differs"
+    offset = np.zeros(3)
+    if reader.HasMetaDataKey(OFFSET_KEY):
+        try:
+            offset = np.array([float(v) for v in reader.GetMetaData(OFFSET_KEY).split()][:3])
+        except ValueError:
+            pass
+    reference_origin = np.array(reader.GetOrigin()) - direction @ (spacing * offset)
+    if not np.allclose(reference_origin, image.GetOrigin(), rtol=0, atol=GEOMETRY_RTOL * 10 * float(spacing.max())):
+        shift = float(np.linalg.norm(reference_origin - np.array(image.GetOrigin())))
+        return f"drawn on a grid shifted by {shift:.3g} mm"
+    return None
 
 
 def load_segmentation(scene, path: str | Path, name: str | None = None):

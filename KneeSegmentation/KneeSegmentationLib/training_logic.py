@@ -144,7 +144,7 @@ class TrainingLogic:
 
     def select_version(self, model_dir: Path | str) -> None:
         """Makes ``model_dir`` the default from now on (also a rollback to an older version)."""
-        select_default_model(model_dir, self.models_root)
+        select_default_model(model_dir, self.models_root, roots=self._roots())
 
 
 # ------------------------------------------------------------------------------------------ live curve

@@ -46,6 +46,29 @@ def test_batch_resumes_reports_failures_and_loads_the_model_once(tiny_model, tmp
     assert len(loads) == 1  # nothing to do: no model load at all
 
 
+def test_batch_replaces_outputs_only_with_force(tiny_model, tmp_path, capsys):
+    _cases(tmp_path / "in")
+    (tmp_path / "in" / "broken.nrrd").unlink()
+    out = tmp_path / "out"
+    argv = ["batch", str(tmp_path / "in"), str(out), "--model", str(tiny_model), "--no-n4", "--labelmap", "-q"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    # A case with only some of its outputs (a run stopped between two files) is not silently completed over
+    # what exists: it fails, saying --force.
+    (out / "knee1.nii.gz").unlink()
+    assert main(argv) == 1
+    printed = capsys.readouterr().out
+    assert "2 cases: 0 done, 1 already done, 1 failed" in printed and "--force" in printed
+    seg_before = (out / "knee0.seg.nrrd").stat().st_mtime_ns
+    assert main(argv + ["--force"]) == 0  # every case again, outputs replaced
+    assert "2 cases: 2 done, 0 already done, 0 failed" in capsys.readouterr().out
+    assert (out / "knee1.nii.gz").is_file() and (out / "knee0.seg.nrrd").stat().st_mtime_ns != seg_before
+    # An output folder that cannot be created is refused before any case.
+    (tmp_path / "file").write_text("x")
+    assert main(["batch", str(tmp_path / "in"), str(tmp_path / "file" / "out"), "--model", str(tiny_model)]) == 1
+    assert "is a file" in capsys.readouterr().err
+
+
 def test_shards_split_the_cases(tmp_path):
     _cases(tmp_path / "in")
     cases = find_cases(tmp_path / "in")

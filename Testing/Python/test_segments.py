@@ -75,7 +75,7 @@ def test_seg_nrrd_round_trip_keeps_everything(scene, tmp_path):
     labels, volume = _labels_and_volume(scene)
     seg = labelmap_to_segmentation(scene, labels, volume)
     path = save_segmentation(seg, tmp_path / "knee.seg.nrrd")
-    assert path.is_file() and not list(tmp_path.glob(".tmp-*"))
+    assert path.is_file() and not list(tmp_path.glob(".kneeseg-tmp-*"))
     loaded = load_segmentation(scene, path)
     back = segmentation_to_labelmap(loaded, volume)
     assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(labels))
