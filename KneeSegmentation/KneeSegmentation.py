@@ -267,7 +267,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.clear()
             self._modelPaths = [""]
             self.ui.modelComboBox.addItem(_(DEFAULT_MODEL_TEXT))
-            for choice in choices:  # hovering an entry tells what it is in plain words (modelfile.plain_summary)
+            for choice in choices:  # hovering an entry tells what it is in plain words (modelcard.plain_summary)
                 self.ui.modelComboBox.addItem(choice.label)
                 self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, choice.summary, qt.Qt.ToolTipRole)
                 self._modelPaths.append(str(choice.path))

@@ -156,7 +156,7 @@ def retrain_command(a: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- select
 def resolve_model_arg(text: str) -> Path:
     """A model folder, or a tag ``name/vN`` found among the installed models (must be unambiguous)."""
-    from .modelfile import list_models
+    from .modelregistry import list_models
 
     path = Path(text)
     if (path / "model.json").is_file():
@@ -170,7 +170,8 @@ def resolve_model_arg(text: str) -> Path:
 
 
 def select_command(a: argparse.Namespace) -> int:
-    from .modelfile import bundled_models_root, read_card, select_default_model, user_models_root
+    from .modelcard import read_card
+    from .modelregistry import bundled_models_root, select_default_model, user_models_root
 
     path = resolve_model_arg(a.model)
     roots = [bundled_models_root(), user_models_root()] + ([a.root] if a.root else [])

@@ -43,7 +43,9 @@ from slicer import util as slicer_util
 from .constants import MODEL_TAG
 from .errors import Cancelled, InputError, KneeSegError
 from .infer import available_devices
-from .modelfile import LoadedModel, ModelEntry, default_model, format_metrics, list_models, load_model, plain_summary
+from .modelcard import format_metrics, plain_summary
+from .modelregistry import ModelEntry, default_model, list_models
+from .modelstore import LoadedModel, load_model
 from .mrml import image_from_volume_node, volume_node_from_image
 from .pipeline import SegmentationResult, SegmentationSettings, run_segmentation
 from .preprocess import RoiBox
@@ -289,7 +291,7 @@ class ModelChoice:
     path: Path
     metrics: str
     description: str
-    summary: str = ""  # modelfile.plain_summary: bones, training data, held-out Dice in plain words
+    summary: str = ""  # modelcard.plain_summary: bones, training data, held-out Dice in plain words
 
 
 class SegmentationLogic:

@@ -3,7 +3,7 @@
 The source tree keeps ``Resources/`` beside ``KneeSegmentation/`` (the module and its library), and the
 extension build copies the resources to the same relative place (``<lib>/Slicer-X.Y/Resources`` beside
 ``qt-scripted-modules/``; see ``KneeSegmentation/CMakeLists.txt``). So one rule, two levels above this
-package, finds them in both; ``modelfile.bundled_models_root`` uses the same rule for ``Resources/Models``.
+package, finds them in both; ``modelregistry.bundled_models_root`` uses the same rule for ``Resources/Models``.
 A ``pip install`` of the project carries the same folder inside the package (``KneeSegmentationLib/Resources``),
 the fallback.
 No Qt here, so the sample registration data can be tested outside Slicer.

@@ -13,11 +13,11 @@ Phases, each a child process of the same Python (``PythonSlicer`` inside Slicer)
 1. **training**: ``python -m trainer finetune`` on the cases minus a held-out share, mixed with synthetic
    images; progress is read from the run folder the trainer already writes (``train.csv``: step, loss;
    ``val.csv``: step, Dice per bone; ``config.json``: total steps), so no extra protocol is needed. The new
-   version appears only through ``modelfile.save_model``'s atomic rename at the very end.
+   version appears only through ``modelstore.save_model``'s atomic rename at the very end.
 2. **evaluating**: ``python -m KneeSegmentationLib.retrain compare``: the parent and the new model segment the
    held-out cases through the same pipeline the module uses; per-bone Dice of each goes to
    ``user_metrics.json`` in the models root, beside each other.
-3. The new version becomes the default (``modelfile.select_default_model``) only if it beats the parent on
+3. The new version becomes the default (``modelregistry.select_default_model``) only if it beats the parent on
    held-out cases, or if the user said so (``make_default="yes"``); otherwise the previous default stays
    selected explicitly. Rollback is ``select_default_model(older_version_folder)`` at any time.
 
@@ -49,8 +49,9 @@ from .children import TRAINER_PARENTS, default_python, kill_tree, log_tail, spaw
 from .constants import BONES
 from .errors import DatasetError, KneeSegError, ModelError
 from .files import write_text_atomically
-from .modelfile import (SELECTION_FILE, VERSION_DIR, bundled_models_root, default_model, read_card, select_default_model, selected_model_path,
-                        user_models_root)
+from .modelcard import VERSION_DIR, read_card
+from .modelregistry import (SELECTION_FILE, bundled_models_root, default_model, select_default_model, selected_model_path,
+                            user_models_root)
 
 SYNTH_DATASET_ENV = "KNEESEG_SYNTH_DATASET"
 USER_METRICS_FILE = "user_metrics.json"
@@ -73,7 +74,7 @@ class RetrainSettings:
     model: Path | None = None  # parent model version folder; None = the current default model
     cases: Path | None = None  # dataset of corrected cases; None = cases.default_dataset_dir()
     synthetic: Path | None = None  # trainer's synthesis dataset; None = default_synthetic_dataset()
-    root: Path | None = None  # models root for the new version; None = modelfile.user_models_root()
+    root: Path | None = None  # models root for the new version; None = modelregistry.user_models_root()
     steps: int = 200
     holdout: bool = True  # hold out every HOLDOUT_EVERY-th case (at least one of two) for the comparison
     make_default: str = "auto"  # "auto": only if better on held-out cases; "yes"; "no"
@@ -186,7 +187,7 @@ def compare_on_cases(models: Sequence[Path], case_dirs: Sequence[Path], device: 
     import SimpleITK as sitk
 
     from .metrics import dice
-    from .modelfile import load_model
+    from .modelstore import load_model
     from .pipeline import SegmentationSettings, run_segmentation
 
     cases = [(Path(c).name, sitk.ReadImage(str(Path(c) / IMAGE_FILE), sitk.sitkFloat32),

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from .cases import CaseInfo, default_dataset_dir, list_cases, save_training_case
 from .constants import MODEL_TAG
 from .errors import InputError
-from .modelfile import bundled_models_root, default_model, list_models, select_default_model, user_models_root
+from .modelregistry import bundled_models_root, default_model, list_models, select_default_model, user_models_root
 from .mrml import image_from_volume_node, volume_node_from_image
 from .retrain import RetrainJob, RetrainSettings, user_metrics_for
 from .segments import model_tag_of
