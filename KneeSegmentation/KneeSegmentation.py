@@ -312,8 +312,9 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refreshEchoes(self, *args) -> None:
         """Fills the echo list for a multi-echo (multi-component) volume; hidden for ordinary volumes.
         Reads the selector itself: this slot may run before the parameter node has seen the new volume."""
-        volume = self.ui.inputSelector.currentNode()
-        labels = echo_labels_of(volume)
+        from KneeSegmentationLib.echoes import echo_labels  # MRML only: works before torch is installed
+
+        labels = echo_labels(self.ui.inputSelector.currentNode())
         wasBlocked = self.ui.echoComboBox.blockSignals(True)
         self.ui.echoComboBox.clear()
         for label in labels:
@@ -592,18 +593,6 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 editor.setMasterVolumeNode(volume)
 
 
-def echo_labels_of(volume) -> list[str]:
-    """Echo names of a multi-echo volume (MultiVolume or Sequence proxy); empty for an ordinary volume."""
-    if volume is None or volume.GetImageData() is None:
-        return []
-    if dependencies.missing_packages().any:  # the library's logic needs torch; count components only
-        n = volume.GetImageData().GetNumberOfScalarComponents()
-        return [_("Echo {n}").format(n=i + 1) for i in range(n)] if n > 1 else []
-    from KneeSegmentationLib.logic import echo_labels
-
-    return echo_labels(volume)
-
-
 def askOverwrite(description: str):
     """True: replace the segments; False: create a new segmentation; None: do nothing."""
     box = qt.QMessageBox(slicer.util.mainWindow())
@@ -708,7 +697,7 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
         return device.value
 
     def echoOf(self, parameters):
-        from KneeSegmentationLib.logic import echo_count
+        from KneeSegmentationLib.echoes import echo_count
 
         return parameters.echo if echo_count(parameters.inputVolume) > 1 else None
 

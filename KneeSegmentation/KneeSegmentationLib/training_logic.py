@@ -101,7 +101,7 @@ class TrainingLogic:
         ``echo`` of a multi-echo volume) as a new case; returns the case folder."""
         if volume_node is None or segmentation_node is None:
             raise InputError("choose the input volume and the corrected segmentation first")
-        from .logic import image_for_echo  # noqa: PLC0415 - the module's scene logic (slicer.util)
+        from .echoes import image_for_echo  # noqa: PLC0415 - the module's scene logic (slicer.util)
         from .segments import segmentation_to_labelmap  # noqa: PLC0415 - needs slicer's segmentation classes
 
         image = image_for_echo(volume_node, echo)

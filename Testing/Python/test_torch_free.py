@@ -1,5 +1,5 @@
-"""The commands that only read model cards (``models``, ``info``, ``select``) run without importing torch,
-in a fresh interpreter, so they start fast and work where torch is missing or broken."""
+"""What runs before torch is installed, checked in a fresh interpreter: the commands that only read model cards
+(``models``, ``info``, ``select``) and the echo list of the Slicer module (``echoes``)."""
 from __future__ import annotations
 
 import json
@@ -41,3 +41,22 @@ def test_models_info_and_select_do_not_import_torch(tiny_model, tmp_path):
 def test_models_lists_devices_only_when_asked(tmp_path):
     result = _run_fresh([["models", "--devices"]], tmp_path)
     assert result["codes"] == [0] and "torch" in result["loaded"]
+
+
+def test_the_echoes_of_a_multi_echo_volume_are_counted_without_torch():
+    code = """
+import sys
+import numpy as np
+from KneeSegmentationLib.echoes import FRAME_LABELS_ATTRIBUTE, echo_count, echo_labels
+from KneeSegmentationLib.mrml import create_scene
+scene = create_scene()
+multi = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode")
+from slicer import util
+util.updateVolumeFromArray(multi, np.zeros((4, 5, 6, 3), np.float32))
+multi.SetAttribute(FRAME_LABELS_ATTRIBUTE, "6.3,12.6,18.9")
+print(echo_count(multi), echo_labels(multi)[2], "torch" in sys.modules)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LIB_PARENT), str(LIB_PARENT.parent)])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "3 Echo 3 (18.9) False"
