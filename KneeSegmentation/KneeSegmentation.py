@@ -670,11 +670,11 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
     def training(self):
         """Qt-free logic of the correct-and-retrain loop; cases go to a folder beside Slicer's settings."""
         if self._training is None or self._training.scene is not slicer.mrmlScene:
-            from KneeSegmentationLib.cases import default_dataset_dir
+            from KneeSegmentationLib.paths import training_cases_dir
             from KneeSegmentationLib.training_logic import TrainingLogic
 
             settingsFolder = os.path.dirname(slicer.app.slicerUserSettingsFilePath)
-            self._training = TrainingLogic(slicer.mrmlScene, dataset_dir=default_dataset_dir(settingsFolder))
+            self._training = TrainingLogic(slicer.mrmlScene, dataset_dir=training_cases_dir(settingsFolder))
         return self._training
 
     def settings(self, parameters):

@@ -17,7 +17,7 @@ import torch
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import write_text_atomically
 from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
-from KneeSegmentationLib.modelregistry import bundled_models_root
+from KneeSegmentationLib.paths import bundled_models_root
 from KneeSegmentationLib.modelstore import save_model
 from KneeSegmentationLib.network import UNet3D, config_of_state, count_parameters
 

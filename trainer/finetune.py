@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from KneeSegmentationLib.modelregistry import bundled_models_root, next_version, user_models_root
+from KneeSegmentationLib.modelregistry import next_version
+from KneeSegmentationLib.paths import bundled_models_root, user_models_root
 from KneeSegmentationLib.modelstore import load_model
 
 from .cases import load_cases

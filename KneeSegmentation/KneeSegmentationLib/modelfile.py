@@ -11,8 +11,8 @@ import importlib
 _HOMES = {
     "modelcard": ("CARD_FILE", "WEIGHTS_FILE", "ModelCard", "Preprocessing", "format_metrics", "plain_summary",
                   "read_card", "verify_weights"),
-    "modelregistry": ("ModelEntry", "bundled_models_root", "default_model", "list_models", "next_version",
-                      "select_default_model", "user_models_root"),
+    "modelregistry": ("ModelEntry", "default_model", "list_models", "next_version", "select_default_model"),
+    "paths": ("bundled_models_root", "user_models_root"),
     "modelstore": ("LoadedModel", "load_model", "save_model"),
 }
 

@@ -7,12 +7,12 @@ Everything here reads cards only (``modelcard``), never weights, so it runs with
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
+from . import paths
 from .errors import ModelError
 from .files import write_text_atomically
 from .modelcard import CARD_FILE, ModelCard, read_card, verify_weights, versions_in
@@ -28,23 +28,10 @@ class ModelEntry:
     card: ModelCard
 
 
-def bundled_models_root() -> Path:
-    """``Resources/Models`` of this checkout, installed extension or pip-installed package."""
-    from .resources import resources_root
-
-    return resources_root() / "Models"
-
-
-def user_models_root() -> Path:
-    """Where retrained models go: ``$KNEESEG_USER_MODELS`` or ``~/.kneesegmentation/Models``."""
-    env = os.environ.get("KNEESEG_USER_MODELS")
-    return Path(env) if env else Path.home() / ".kneesegmentation" / "Models"
-
-
 def list_models(roots: Iterable[Path] | None = None) -> list[ModelEntry]:
     """All readable model versions under ``roots`` (bundled and user roots by default), sorted by name and
     version. Unreadable folders are skipped here; loading them reports why."""
-    roots = list(roots) if roots is not None else [bundled_models_root(), user_models_root()]
+    roots = list(roots) if roots is not None else [paths.bundled_models_root(), paths.user_models_root()]
     found: list[ModelEntry] = []
     for root in roots:
         if not Path(root).is_dir():
@@ -66,7 +53,7 @@ SELECTION_FILE = "selection.json"  # in the user models root: the version the us
 def selected_model_path(roots: Iterable[Path] | None = None) -> Path | None:
     """The model folder named by the first ``selection.json`` found in ``roots`` (default: the user models
     root), or None. The file is written by ``select_default_model``; a stale entry is ignored."""
-    roots = list(roots) if roots is not None else [user_models_root()]
+    roots = list(roots) if roots is not None else [paths.user_models_root()]
     for root in roots:
         path = Path(root) / SELECTION_FILE
         if not path.is_file():
@@ -88,7 +75,7 @@ def select_default_model(model_dir: Path | str, root: Path | str | None = None,
     Refused (``ModelError``): a model whose weights fail their checksum, and, when the caller passes the
     ``roots`` its ``default_model`` searches (every front end does), a folder outside them, where the selection
     would change nothing."""
-    root = Path(root) if root is not None else user_models_root()
+    root = Path(root) if root is not None else paths.user_models_root()
     model_dir = Path(model_dir).resolve()
     allowed = list(roots) if roots is not None else None
     if allowed is not None and not any(Path(r).resolve() in model_dir.parents for r in allowed):
@@ -103,7 +90,7 @@ def select_default_model(model_dir: Path | str, root: Path | str | None = None,
 def next_version(name: str, roots: Iterable[Path] | None = None) -> int:
     """The next free version number of the family ``name`` across all roots (bundled and user), so that a
     fine-tuned model never shares a tag with a bundled one."""
-    roots = list(roots) if roots is not None else [bundled_models_root(), user_models_root()]
+    roots = list(roots) if roots is not None else [paths.bundled_models_root(), paths.user_models_root()]
     on_disk = [v for root in roots for v in versions_in(Path(root) / name)]  # stray empty folders too
     return max([e.version for e in list_models(roots) if e.name == name] + on_disk, default=0) + 1
 
@@ -114,7 +101,7 @@ def default_model(roots: Iterable[Path] | None = None) -> ModelEntry:
     entries = list_models(roots)
     if not entries:
         raise ModelError("no KneeSegmentation model found; install the extension's bundled model or pass --model")
-    roots = list(roots) if roots is not None else [bundled_models_root(), user_models_root()]
+    roots = list(roots) if roots is not None else [paths.bundled_models_root(), paths.user_models_root()]
     chosen = selected_model_path(roots)
     if chosen is not None:
         for e in entries:
