@@ -267,7 +267,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.clear()
             self._modelPaths = [""]
             self.ui.modelComboBox.addItem(_(DEFAULT_MODEL_TEXT))
-            for choice in choices:  # hovering an entry tells what it is in plain words (modelfile.plain_summary)
+            for choice in choices:  # hovering an entry tells what it is in plain words (modelcard.plain_summary)
                 self.ui.modelComboBox.addItem(choice.label)
                 self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, choice.summary, qt.Qt.ToolTipRole)
                 self._modelPaths.append(str(choice.path))
@@ -312,8 +312,9 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refreshEchoes(self, *args) -> None:
         """Fills the echo list for a multi-echo (multi-component) volume; hidden for ordinary volumes.
         Reads the selector itself: this slot may run before the parameter node has seen the new volume."""
-        volume = self.ui.inputSelector.currentNode()
-        labels = echo_labels_of(volume)
+        from KneeSegmentationLib.echoes import echo_labels  # MRML only: works before torch is installed
+
+        labels = echo_labels(self.ui.inputSelector.currentNode())
         wasBlocked = self.ui.echoComboBox.blockSignals(True)
         self.ui.echoComboBox.clear()
         for label in labels:
@@ -592,18 +593,6 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 editor.setMasterVolumeNode(volume)
 
 
-def echo_labels_of(volume) -> list[str]:
-    """Echo names of a multi-echo volume (MultiVolume or Sequence proxy); empty for an ordinary volume."""
-    if volume is None or volume.GetImageData() is None:
-        return []
-    if dependencies.missing_packages().any:  # the library's logic needs torch; count components only
-        n = volume.GetImageData().GetNumberOfScalarComponents()
-        return [_("Echo {n}").format(n=i + 1) for i in range(n)] if n > 1 else []
-    from KneeSegmentationLib.logic import echo_labels
-
-    return echo_labels(volume)
-
-
 def askOverwrite(description: str):
     """True: replace the segments; False: create a new segmentation; None: do nothing."""
     box = qt.QMessageBox(slicer.util.mainWindow())
@@ -681,11 +670,11 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
     def training(self):
         """Qt-free logic of the correct-and-retrain loop; cases go to a folder beside Slicer's settings."""
         if self._training is None or self._training.scene is not slicer.mrmlScene:
-            from KneeSegmentationLib.cases import default_dataset_dir
+            from KneeSegmentationLib.paths import training_cases_dir
             from KneeSegmentationLib.training_logic import TrainingLogic
 
             settingsFolder = os.path.dirname(slicer.app.slicerUserSettingsFilePath)
-            self._training = TrainingLogic(slicer.mrmlScene, dataset_dir=default_dataset_dir(settingsFolder))
+            self._training = TrainingLogic(slicer.mrmlScene, dataset_dir=training_cases_dir(settingsFolder))
         return self._training
 
     def settings(self, parameters):
@@ -708,7 +697,7 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
         return device.value
 
     def echoOf(self, parameters):
-        from KneeSegmentationLib.logic import echo_count
+        from KneeSegmentationLib.echoes import echo_count
 
         return parameters.echo if echo_count(parameters.inputVolume) > 1 else None
 

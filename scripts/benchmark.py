@@ -174,7 +174,8 @@ def timing_model(features: str, spacing: float, patch: int, root: Path) -> Path:
     """A model of the given size with random weights: pipeline timing does not depend on the weights."""
     import torch
 
-    from KneeSegmentationLib.modelfile import ModelCard, Preprocessing, save_model
+    from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
+    from KneeSegmentationLib.modelstore import save_model
     from KneeSegmentationLib.network import UNet3D, UNetConfig
 
     torch.manual_seed(0)

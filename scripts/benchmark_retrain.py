@@ -45,7 +45,7 @@ from KneeSegmentationLib.cases import save_training_case  # noqa: E402
 from KneeSegmentationLib.constants import BONES  # noqa: E402
 from KneeSegmentationLib.infer import predict_probabilities  # noqa: E402
 from KneeSegmentationLib.metrics import dice  # noqa: E402
-from KneeSegmentationLib.modelfile import LoadedModel, load_model  # noqa: E402
+from KneeSegmentationLib.modelstore import LoadedModel, load_model  # noqa: E402
 from KneeSegmentationLib.preprocess import model_grid_around  # noqa: E402
 from KneeSegmentationLib.retrain import RetrainJob, RetrainSettings  # noqa: E402
 

@@ -115,7 +115,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     cfg = _config(a)
     if a.init_model:
-        from KneeSegmentationLib.modelfile import read_card
+        from KneeSegmentationLib.modelcard import read_card
 
         card = read_card(a.init_model)  # the network and window come from the model; the classes may grow
         cfg.init_model, cfg.features, cfg.patch = str(a.init_model), tuple(card.network.features), \

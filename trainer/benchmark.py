@@ -40,7 +40,7 @@ from KneeSegmentationLib.constants import BONES
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import write_atomically, write_text_atomically
 from KneeSegmentationLib.metrics import dice, hd95, mean_surface_distance
-from KneeSegmentationLib.modelfile import LoadedModel, load_model
+from KneeSegmentationLib.modelstore import LoadedModel, load_model
 
 from .dataset import LabelMap, load_dataset
 from .render import CONTRASTS, PLANES, render_case

@@ -28,7 +28,8 @@ from KneeSegmentationLib.files import write_text_atomically
 from KneeSegmentationLib.infer import predict_probabilities
 from KneeSegmentationLib.metrics import (dice, expected_calibration_error, hd95, mean_surface_distance,
                                          volume_error)
-from KneeSegmentationLib.modelfile import LoadedModel, ModelCard, Preprocessing, load_model
+from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
+from KneeSegmentationLib.modelstore import LoadedModel, load_model
 from KneeSegmentationLib.network import UNet3D, config_of_state
 
 from .config import TrainConfig

@@ -16,7 +16,9 @@ import torch
 
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import write_text_atomically
-from KneeSegmentationLib.modelfile import ModelCard, Preprocessing, bundled_models_root, save_model
+from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
+from KneeSegmentationLib.paths import bundled_models_root
+from KneeSegmentationLib.modelstore import save_model
 from KneeSegmentationLib.network import UNet3D, config_of_state, count_parameters
 
 from . import ranges

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from KneeSegmentationLib.modelfile import bundled_models_root, load_model, next_version, user_models_root
+from KneeSegmentationLib.modelregistry import next_version
+from KneeSegmentationLib.paths import bundled_models_root, user_models_root
+from KneeSegmentationLib.modelstore import load_model
 
 from .cases import load_cases
 from .config import TrainConfig

@@ -15,10 +15,10 @@ or from a shell: ``python -m trainer.mskt`` prints the folder.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path, PurePosixPath
 
+from KneeSegmentationLib import paths
 from KneeSegmentationLib.errors import DatasetError
 
 from .sdist import Sdist, ensure_sdist, extract
@@ -29,8 +29,6 @@ SDIST = Sdist("mskt", MSKT_VERSION, "b49ffa4924337e28dc08af2e7efab399e9248c9e7db
 SDIST_NAME = SDIST.file_name
 ARCHIVE_ROOT = SDIST.archive_root
 EXTRACTED_DIR = f"mskt-{MSKT_VERSION}"  # <cache>/mskt-0.1.22/data/...
-CACHE_ENV = "KNEESEG_CACHE"
-DEFAULT_CACHE = Path.home() / ".cache" / "kneesegmentation"
 
 LABEL_MAPS = (
     "data/right_knee_example.nrrd",
@@ -42,15 +40,9 @@ FORBIDDEN_DIR = "data/MESE_T2_dicom_data"  # not de-identified: never extracted
 DICOM_FILE_COUNT = 192  # 8 echoes x 24 slices
 
 
-def cache_dir_default() -> Path:
-    """``$KNEESEG_CACHE`` if set, else ``~/.cache/kneesegmentation``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else DEFAULT_CACHE
-
-
 def fetch_mskt(cache_dir: Path | None = None) -> Path:
     """Returns the extracted ``data/`` folder, downloading and extracting the sdist on first use."""
-    cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+    cache = Path(cache_dir) if cache_dir is not None else paths.cache_dir()
     data = cache / EXTRACTED_DIR / "data"
     if _is_complete(data):
         return data

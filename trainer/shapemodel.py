@@ -44,11 +44,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from KneeSegmentationLib import paths
 from KneeSegmentationLib.errors import DatasetError
 from . import tissues as T
 from .dataset import SourceMap
 from .meshes import Surface, build_surface, components, read_mesh
-from .mskt import cache_dir_default
 from .sdist import Sdist, ensure_sdist, extract
 from .voxelize import OVERLAP_LIMIT_ML, DrawRefused, check_overlap, knee_crop, label_map, voxelize
 
@@ -81,7 +81,7 @@ SIDES = ("left", "right")
 # ------------------------------------------------------------------------------------------------ fetch
 def fetch_llp26(cache_dir: Path | None = None) -> Path:
     """The extracted ``models`` folder (holding ``shape_models/`` and ``atlas_meshes/``); fetched on first use."""
-    cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
+    cache = Path(cache_dir) if cache_dir is not None else paths.cache_dir()
     root = cache / EXTRACTED_DIR
     if _is_complete(root):
         return root / MODELS

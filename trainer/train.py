@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from KneeSegmentationLib.constants import BONES, NUM_CLASSES
 from KneeSegmentationLib.metrics import dice
-from KneeSegmentationLib.modelfile import load_model
+from KneeSegmentationLib.modelstore import load_model
 from KneeSegmentationLib.network import UNet3D, UNetConfig, with_classes
 
 from .config import TrainConfig

@@ -28,12 +28,10 @@ from .constants import BONES, NUM_CLASSES
 from .errors import DatasetError, InputError
 from .files import TEMP_PREFIX, remove_stale_temps, usual_permissions
 from .metrics import dice
+from .paths import training_cases_dir
 
 CASE_FORMAT = "kneeseg-case/1"
 IMAGE_FILE, LABEL_FILE, META_FILE = "image.nrrd", "label.nrrd", "case.json"
-DATASET_ENV = "KNEESEG_DATASET"
-DATASET_FOLDER = "TrainingCases"
-HEADLESS_HOME = Path.home() / ".kneesegmentation"
 GEOMETRY_RTOL = 1e-4  # relative tolerance on spacing, origin (scaled by the spacing) and direction
 HASH_CHARS = 8
 
@@ -49,17 +47,6 @@ class CaseInfo:
     model: str | None
     edit_dice: dict[str, float] | None
     voxels: dict[str, int]
-
-
-def default_dataset_dir(settings_dir: Path | str | None = None) -> Path:
-    """Where cases go: ``$KNEESEG_DATASET``; else ``<settings_dir>/KneeSegmentation/TrainingCases`` (the
-    module passes the folder of Slicer's user settings); else ``~/.kneesegmentation/TrainingCases``."""
-    env = os.environ.get(DATASET_ENV)
-    if env:
-        return Path(env)
-    if settings_dir is not None:
-        return Path(settings_dir) / "KneeSegmentation" / DATASET_FOLDER
-    return HEADLESS_HOME / DATASET_FOLDER
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -181,14 +168,14 @@ def _existing_hashes(dataset_dir: Path) -> dict[str, str]:
 
 def save_training_case(image: sitk.Image, corrected: sitk.Image, dataset_dir: Path | str | None = None,
                        original: sitk.Image | None = None, source: str = "", model_tag: str | None = None) -> Path:
-    """Writes a NEW case folder into ``dataset_dir`` (default: ``default_dataset_dir()``) and returns it.
+    """Writes a NEW case folder into ``dataset_dir`` (default: ``paths.training_cases_dir()``) and returns it.
 
     ``corrected`` is the user's labelmap on ``image``'s grid; ``original`` the model's first result, used only
     to record how much was edited. Raises ``InputError`` for a case that must not be learnt from and
     ``DatasetError`` if the same image and labels are saved already.
     """
     labels, original_labels = check_case(image, corrected, original)
-    dataset_dir = Path(dataset_dir) if dataset_dir is not None else default_dataset_dir()
+    dataset_dir = Path(dataset_dir) if dataset_dir is not None else training_cases_dir()
     prepare_dataset_dir(dataset_dir)
     digest = _content_hash(image, labels)
     # The claim: one atomic mkdir per content. Of two identical saves at once, one claims, the other is told
@@ -270,7 +257,7 @@ def read_case_info(folder: Path) -> CaseInfo:
 def list_cases(dataset_dir: Path | str | None = None) -> list[CaseInfo]:
     """The complete cases of a dataset folder, oldest first (hidden and temporary folders are skipped;
     a folder without a readable ``case.json`` is skipped too: the trainer would refuse it with a reason)."""
-    dataset_dir = Path(dataset_dir) if dataset_dir is not None else default_dataset_dir()
+    dataset_dir = Path(dataset_dir) if dataset_dir is not None else training_cases_dir()
     if not dataset_dir.is_dir():
         return []
     out = []

@@ -68,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "metrics", description="Prints a model's card: labels, network, input, metrics.")
     info.add_argument("model", type=Path, nargs="?", help="model version folder (default: the default model)")
     info.add_argument("--json", action="store_true", help="print the whole model card as JSON")
-    sub.add_parser("models", help="list the installed model versions", description="Lists the installed model "
-                   "versions with their validation Dice; * marks the default.")
+    models = sub.add_parser("models", help="list the installed model versions", description="Lists the installed "
+                            "model versions with their validation Dice; * marks the default. Reads the model cards "
+                            "only: torch is not loaded unless --devices asks it which devices this machine offers.")
+    models.add_argument("--devices", action="store_true", help="also list the devices torch finds here (cuda, mps, cpu)")
     COMMANDS.update(add_training_commands(sub))  # save-case, cases, retrain, select (cli_training.py)
     for choice in sub._choices_actions:  # a command's --help starts with what it does and shows defaults
         command = sub.choices[choice.dest]
@@ -147,7 +149,8 @@ def _report(result, timings: dict[str, float], total: float) -> None:
 
 def _card_of(entry_path: Path | None):
     """(card, folder) of a model version folder, or of the default model."""
-    from .modelfile import default_model, read_card
+    from .modelcard import read_card
+    from .modelregistry import default_model
 
     if entry_path is None:
         entry = default_model()
@@ -156,7 +159,7 @@ def _card_of(entry_path: Path | None):
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .modelfile import plain_summary
+    from .modelcard import plain_summary
 
     card, path = _card_of(args.model)
     d = {"path": str(path), **card.to_dict()}
@@ -188,9 +191,9 @@ def _print_clean(*values, **kwargs) -> None:
     builtins.print(*(printable(v, newlines=True) for v in values), **kwargs)
 
 
-def _models(_: argparse.Namespace) -> int:
-    from .infer import available_devices
-    from .modelfile import ModelEntry, default_model, format_metrics, list_models
+def _models(args: argparse.Namespace) -> int:
+    from .modelcard import format_metrics
+    from .modelregistry import ModelEntry, default_model, list_models
 
     print = _print_clean
     entries: list[ModelEntry] = list_models()
@@ -202,7 +205,12 @@ def _models(_: argparse.Namespace) -> int:
         mark = "*" if e.path == default else " "
         print(f"{mark} {e.card.tag}  {e.path}\n    {format_metrics(e.card.metrics)}")
     print("(* the default model)")
-    print(f"devices here: {', '.join(available_devices())}")
+    if args.devices:
+        from .infer import available_devices  # torch: only when asked
+
+        print(f"devices here: {', '.join(available_devices())}")
+    else:
+        print("(kneeseg models --devices also lists the devices torch finds here)")
     return 0
 
 

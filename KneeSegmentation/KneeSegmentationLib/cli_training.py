@@ -105,10 +105,11 @@ def save_case_command(a: argparse.Namespace) -> int:
 
 
 def cases_command(a: argparse.Namespace) -> int:
-    from .cases import default_dataset_dir, list_cases
+    from .cases import list_cases
+    from .paths import training_cases_dir
 
     cases = list_cases(a.dataset)
-    print(f"{len(cases)} case(s) in {a.dataset or default_dataset_dir()}")
+    print(f"{len(cases)} case(s) in {a.dataset or training_cases_dir()}")
     for c in cases:
         edit = ", ".join(f"{k} {v:.3f}" for k, v in (c.edit_dice or {}).items()) or "no model output recorded"
         print(f"  {c.id}  {c.source}  model {c.model}  edit Dice: {edit}")
@@ -156,7 +157,7 @@ def retrain_command(a: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- select
 def resolve_model_arg(text: str) -> Path:
     """A model folder, or a tag ``name/vN`` found among the installed models (must be unambiguous)."""
-    from .modelfile import list_models
+    from .modelregistry import list_models
 
     path = Path(text)
     if (path / "model.json").is_file():
@@ -170,7 +171,9 @@ def resolve_model_arg(text: str) -> Path:
 
 
 def select_command(a: argparse.Namespace) -> int:
-    from .modelfile import bundled_models_root, read_card, select_default_model, user_models_root
+    from .modelcard import read_card
+    from .modelregistry import select_default_model
+    from .paths import bundled_models_root, user_models_root
 
     path = resolve_model_arg(a.model)
     roots = [bundled_models_root(), user_models_root()] + ([a.root] if a.root else [])

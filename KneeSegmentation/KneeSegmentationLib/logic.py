@@ -4,7 +4,7 @@ No Qt here, so everything below the panel runs (and is tested) under ``slicer-co
 The module's ``KneeSegmentationLogic`` holds a ``SegmentationLogic(slicer.mrmlScene)``; tests hold one built on
 ``mrml.create_scene()``. This file composes the library (``pipeline.run_segmentation``,
 ``mrml.image_from_volume_node``, ``segments.labelmap_to_segmentation``) and adds only what a scene needs:
-the echo of a multi-echo series (a MultiVolume's components or a Sequence's volumes), the ROI from a markups
+the echo of a multi-echo series (read through ``echoes``), the ROI from a markups
 node, the output-node policy, and a background run.
 
 Background run: a **thread**, not a process. A thread shares the image and the cached model without copies or
@@ -37,14 +37,14 @@ from typing import Callable, Iterable
 import numpy as np
 import SimpleITK as sitk
 
-import slicer
-from slicer import util as slicer_util
-
 from .constants import MODEL_TAG
+from .echoes import image_for_echo
 from .errors import Cancelled, InputError, KneeSegError
 from .infer import available_devices
-from .modelfile import LoadedModel, ModelEntry, default_model, format_metrics, list_models, load_model, plain_summary
-from .mrml import image_from_volume_node, volume_node_from_image
+from .modelcard import format_metrics, plain_summary
+from .modelregistry import ModelEntry, default_model, list_models
+from .modelstore import LoadedModel, load_model
+from .mrml import volume_node_from_image
 from .pipeline import SegmentationResult, SegmentationSettings, run_segmentation
 from .preprocess import RoiBox
 from .progress import CancelToken, Progress, no_progress
@@ -53,10 +53,6 @@ log = logging.getLogger(__name__)
 
 OUTPUT_NAME_SUFFIX = " bones"
 UNCERTAINTY_NAME_SUFFIX = " bone uncertainty"
-# MultiVolume (multi-echo) nodes keep their frame values in these attributes (MultiVolumeExplorer's names).
-FRAME_LABELS_ATTRIBUTE = "MultiVolume.FrameLabels"
-FRAME_TAG_ATTRIBUTE = "MultiVolume.FrameIdentifyingDICOMTagName"
-FRAME_UNITS_ATTRIBUTE = "MultiVolume.FrameIdentifyingDICOMTagUnits"
 DEVICE_LABELS = {"cuda": "GPU (CUDA)", "mps": "GPU (Apple MPS)", "cpu": "CPU"}
 
 Runner = Callable[[sitk.Image, SegmentationSettings, Progress, CancelToken], SegmentationResult]
@@ -67,82 +63,6 @@ class OutputNotEmpty(InputError):
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
-def echo_sequence(volume_node):
-    """The sequence behind ``volume_node`` when it is the proxy of a Sequence browser holding several volumes
-    (a multi-echo series loaded as a sequence), else None."""
-    scene = volume_node.GetScene() if volume_node is not None else None
-    if scene is None:
-        return None
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
-        sequence = scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode").GetSequenceNode(volume_node)
-        if sequence is not None and sequence.GetNumberOfDataNodes() > 1:
-            return sequence
-    return None
-
-
-def echo_count(volume_node) -> int:
-    """Number of echoes: N for a multi-echo MultiVolume (N scalar components) or a Sequence of N volumes shown
-    through this proxy volume, 1 for an ordinary volume, 0 without an image."""
-    image_data = volume_node.GetImageData() if volume_node is not None else None
-    if image_data is None:
-        return 0
-    components = int(image_data.GetNumberOfScalarComponents())
-    if components > 1:
-        return components
-    sequence = echo_sequence(volume_node)
-    return sequence.GetNumberOfDataNodes() if sequence is not None else 1
-
-
-def _frame_values(volume_node, n: int) -> tuple[list[str], str, str]:
-    """(values, name, unit) of the echoes, from the sequence index or the MultiVolume attributes."""
-    sequence = echo_sequence(volume_node)
-    if sequence is not None:
-        return ([sequence.GetNthIndexValue(i) for i in range(n)], sequence.GetIndexName() or "",
-                sequence.GetIndexUnit() or "")
-    values = (volume_node.GetAttribute(FRAME_LABELS_ATTRIBUTE) or "").split(",")
-    return (values if len(values) == n else [""] * n, volume_node.GetAttribute(FRAME_TAG_ATTRIBUTE) or "",
-            volume_node.GetAttribute(FRAME_UNITS_ATTRIBUTE) or "")
-
-
-def echo_labels(volume_node) -> list[str]:
-    """Human-readable names of the echoes, e.g. ``["Echo 1 (EchoTime 6.3 ms)", ...]``; empty for one echo."""
-    n = echo_count(volume_node)
-    if n <= 1:
-        return []
-    values, name, unit = _frame_values(volume_node, n)
-    labels = []
-    for i, value in enumerate(values):
-        detail = " ".join(part for part in (name, value.strip(), unit) if part)
-        labels.append(f"Echo {i + 1} ({detail})" if value.strip() else f"Echo {i + 1}")
-    return labels
-
-
-def image_for_echo(volume_node, echo: int | None = None) -> sitk.Image:
-    """The image of one echo of ``volume_node`` (LPS), read on the calling thread.
-
-    Single-echo volumes ignore ``echo`` (None or 0). For a multi-component volume the component is copied
-    into a scalar volume node that is never added to the scene; for a Sequence proxy, the sequence's volume
-    of that echo is read. Either way the scene is not modified."""
-    n = echo_count(volume_node)
-    if n <= 1 or volume_node.GetParentTransformNode() is not None:
-        if echo not in (None, 0):
-            raise InputError(f"volume '{volume_node.GetName()}' has a single echo; echo {echo + 1} does not exist")
-        return image_from_volume_node(volume_node)  # also refuses missing images and parent transforms
-    if echo is None:
-        raise InputError(f"volume '{volume_node.GetName()}' holds {n} echoes; choose one")
-    if not 0 <= echo < n:
-        raise InputError(f"volume '{volume_node.GetName()}' has echoes 1 to {n}; echo {echo + 1} does not exist")
-    sequence = echo_sequence(volume_node)
-    if sequence is not None:
-        return image_from_volume_node(sequence.GetNthDataNode(echo))
-    component = np.ascontiguousarray(slicer_util.arrayFromVolume(volume_node)[..., echo])
-    single = slicer.vtkMRMLScalarVolumeNode()  # outside any scene: the scene is not modified
-    single.SetName(volume_node.GetName())
-    single.CopyOrientation(volume_node)
-    slicer_util.updateVolumeFromArray(single, component)
-    return image_from_volume_node(single)
-
-
 def roi_box_from_node(roi_node) -> RoiBox:
     """The axis-aligned LPS box enclosing a markups ROI (rotated ROIs and parent transforms included)."""
     bounds = [0.0] * 6
@@ -289,7 +209,7 @@ class ModelChoice:
     path: Path
     metrics: str
     description: str
-    summary: str = ""  # modelfile.plain_summary: bones, training data, held-out Dice in plain words
+    summary: str = ""  # modelcard.plain_summary: bones, training data, held-out Dice in plain words
 
 
 class SegmentationLogic:

@@ -26,7 +26,7 @@ from .preprocess import RoiBox, image_center, joint_center, model_grid_around, p
 from .progress import CancelToken, Progress, StageProgress, no_progress
 
 if TYPE_CHECKING:
-    from .modelfile import LoadedModel
+    from .modelstore import LoadedModel
 
 STAGES = {"N4 bias correction": 25, "Segmenting": 60, "Post-processing": 15}
 
@@ -57,7 +57,8 @@ class SegmentationResult:
 
 
 def resolve_model(model: Path | str | LoadedModel | None) -> LoadedModel:
-    from .modelfile import LoadedModel, default_model, load_model  # torch: imported when a model is needed
+    from .modelregistry import default_model
+    from .modelstore import LoadedModel, load_model  # torch: imported when a model is needed
 
     if isinstance(model, LoadedModel):
         return model

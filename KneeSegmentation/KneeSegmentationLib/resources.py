@@ -3,7 +3,7 @@
 The source tree keeps ``Resources/`` beside ``KneeSegmentation/`` (the module and its library), and the
 extension build copies the resources to the same relative place (``<lib>/Slicer-X.Y/Resources`` beside
 ``qt-scripted-modules/``; see ``KneeSegmentation/CMakeLists.txt``). So one rule, two levels above this
-package, finds them in both; ``modelfile.bundled_models_root`` uses the same rule for ``Resources/Models``.
+package, finds them in both (``paths.resources_root``; ``paths.bundled_models_root`` is its ``Models``).
 A ``pip install`` of the project carries the same folder inside the package (``KneeSegmentationLib/Resources``),
 the fallback.
 No Qt here, so the sample registration data can be tested outside Slicer.
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KneeSegError
+from .paths import resources_root
 
 MODULE_NAME = "KneeSegmentation"
 SAMPLE_CATEGORY = "KneeSegmentation"
@@ -21,16 +22,6 @@ SAMPLE_NAME = "KneeMESE"  # the node name and the name shown in the Sample Data 
 SAMPLE_FILE = "MESE_T2_knee_echo1.nrrd"
 SAMPLE_THUMBNAIL = "KneeMESE.png"
 CHECKSUM_SUFFIX = ".sha256"
-
-
-def resources_root() -> Path:
-    """``Resources/`` two levels above this package (source tree, Slicer extension), else the copy that
-    ``pip install`` puts inside the package (``KneeSegmentationLib/Resources``, see pyproject.toml)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parents[1] / "Resources", here / "Resources"):
-        if (candidate / "Models").is_dir():
-            return candidate
-    return here.parents[1] / "Resources"
 
 
 def ui_file() -> Path:

@@ -13,11 +13,11 @@ Phases, each a child process of the same Python (``PythonSlicer`` inside Slicer)
 1. **training**: ``python -m trainer finetune`` on the cases minus a held-out share, mixed with synthetic
    images; progress is read from the run folder the trainer already writes (``train.csv``: step, loss;
    ``val.csv``: step, Dice per bone; ``config.json``: total steps), so no extra protocol is needed. The new
-   version appears only through ``modelfile.save_model``'s atomic rename at the very end.
+   version appears only through ``modelstore.save_model``'s atomic rename at the very end.
 2. **evaluating**: ``python -m KneeSegmentationLib.retrain compare``: the parent and the new model segment the
    held-out cases through the same pipeline the module uses; per-bone Dice of each goes to
    ``user_metrics.json`` in the models root, beside each other.
-3. The new version becomes the default (``modelfile.select_default_model``) only if it beats the parent on
+3. The new version becomes the default (``modelregistry.select_default_model``) only if it beats the parent on
    held-out cases, or if the user said so (``make_default="yes"``); otherwise the previous default stays
    selected explicitly. Rollback is ``select_default_model(older_version_folder)`` at any time.
 
@@ -44,26 +44,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from .cases import IMAGE_FILE, LABEL_FILE, list_cases, default_dataset_dir
+from .cases import IMAGE_FILE, LABEL_FILE, list_cases
 from .children import TRAINER_PARENTS, default_python, kill_tree, log_tail, spawn, trainer_parent, watch_parent
 from .constants import BONES
 from .errors import DatasetError, KneeSegError, ModelError
 from .files import write_text_atomically
-from .modelfile import (SELECTION_FILE, VERSION_DIR, bundled_models_root, default_model, read_card, select_default_model, selected_model_path,
-                        user_models_root)
+from .modelcard import VERSION_DIR, read_card
+from .modelregistry import SELECTION_FILE, default_model, select_default_model, selected_model_path
+from .paths import (bundled_models_root, missing_synthetic_dataset, synthetic_dataset_dir, training_cases_dir,
+                    user_models_root)
 
-SYNTH_DATASET_ENV = "KNEESEG_SYNTH_DATASET"
 USER_METRICS_FILE = "user_metrics.json"
 HOLDOUT_EVERY = 4  # every 4th case (by name) is held out for the comparison; at least one if there are two
 WRITTEN_LINE = re.compile(r"fine-tuned model written to (.+)$", re.M)
 PHASES = ("starting", "training", "evaluating", "done", "failed", "stopped")
-
-
-def default_synthetic_dataset() -> Path:
-    """The trainer's prepared synthesis dataset mixed into fine-tuning: ``$KNEESEG_SYNTH_DATASET`` or
-    ``~/.kneesegmentation/SynthDataset`` (made once with ``python -m trainer prepare --out …``)."""
-    env = os.environ.get(SYNTH_DATASET_ENV)
-    return Path(env) if env else Path.home() / ".kneesegmentation" / "SynthDataset"
 
 
 @dataclass
@@ -71,9 +65,9 @@ class RetrainSettings:
     """What a retraining should do; the CLI and the module's panel fill it."""
 
     model: Path | None = None  # parent model version folder; None = the current default model
-    cases: Path | None = None  # dataset of corrected cases; None = cases.default_dataset_dir()
-    synthetic: Path | None = None  # trainer's synthesis dataset; None = default_synthetic_dataset()
-    root: Path | None = None  # models root for the new version; None = modelfile.user_models_root()
+    cases: Path | None = None  # dataset of corrected cases; None = paths.training_cases_dir()
+    synthetic: Path | None = None  # trainer's synthesis dataset; None = paths.synthetic_dataset_dir()
+    root: Path | None = None  # models root for the new version; None = paths.user_models_root()
     steps: int = 200
     holdout: bool = True  # hold out every HOLDOUT_EVERY-th case (at least one of two) for the comparison
     make_default: str = "auto"  # "auto": only if better on held-out cases; "yes"; "no"
@@ -186,7 +180,7 @@ def compare_on_cases(models: Sequence[Path], case_dirs: Sequence[Path], device: 
     import SimpleITK as sitk
 
     from .metrics import dice
-    from .modelfile import load_model
+    from .modelstore import load_model
     from .pipeline import SegmentationSettings, run_segmentation
 
     cases = [(Path(c).name, sitk.ReadImage(str(Path(c) / IMAGE_FILE), sitk.sitkFloat32),
@@ -280,15 +274,14 @@ class RetrainJob:
         # absolute paths: the children run in the work folder
         self.parent = (Path(s.model) if s.model is not None else default_model().path).resolve()
         self.parent_card = read_card(self.parent)
-        self.cases_dir = (Path(s.cases) if s.cases is not None else default_dataset_dir()).resolve()
-        self.synthetic = (Path(s.synthetic) if s.synthetic is not None else default_synthetic_dataset()).resolve()
+        self.cases_dir = (Path(s.cases) if s.cases is not None else training_cases_dir()).resolve()
+        self.synthetic = (Path(s.synthetic) if s.synthetic is not None else synthetic_dataset_dir()).resolve()
         self.root = (Path(s.root) if s.root is not None else user_models_root()).resolve()
         cases = [c.path for c in list_cases(self.cases_dir)]
         if not cases:
             raise DatasetError(f"no saved training cases in {self.cases_dir}; save a corrected segmentation first")
         if not (self.synthetic / "manifest.json").is_file():
-            raise DatasetError(f"the synthesis dataset {self.synthetic} is missing; make it once with "
-                               f"`python -m trainer prepare --out {self.synthetic}` (or set ${SYNTH_DATASET_ENV})")
+            raise DatasetError(missing_synthetic_dataset(self.synthetic))
         if trainer_parent() is None:
             raise KneeSegError("the trainer (trainer/) is not installed beside the library "
                                f"(looked in {', '.join(map(str, TRAINER_PARENTS))}); retraining needs it")

@@ -1,6 +1,6 @@
 """Scene-level logic of the correct-and-retrain loop, for the module's panel (no Qt; tested under slicer-core).
 
-    training = TrainingLogic(slicer.mrmlScene, dataset_dir=default_dataset_dir(settings_folder))
+    training = TrainingLogic(slicer.mrmlScene, dataset_dir=training_cases_dir(settings_folder))
     training.remember_model_output(segmentation_node, result.labelmap, result.model.tag)  # after each Apply
     case = training.save_case(volume_node, segmentation_node, echo)  # "Save as training case", after editing
     job = training.start_retrain(steps=200)                       # "Retrain"; poll job from a QTimer
@@ -19,10 +19,11 @@ from typing import Iterable
 
 import SimpleITK as sitk
 
-from .cases import CaseInfo, default_dataset_dir, list_cases, save_training_case
+from .cases import CaseInfo, list_cases, save_training_case
 from .constants import MODEL_TAG
 from .errors import InputError
-from .modelfile import bundled_models_root, default_model, list_models, select_default_model, user_models_root
+from .modelregistry import default_model, list_models, select_default_model
+from .paths import bundled_models_root, training_cases_dir, user_models_root
 from .mrml import image_from_volume_node, volume_node_from_image
 from .retrain import RetrainJob, RetrainSettings, user_metrics_for
 from .segments import model_tag_of
@@ -89,7 +90,7 @@ class TrainingLogic:
     def __init__(self, scene, dataset_dir: Path | str | None = None, models_root: Path | str | None = None,
                  model_roots: Iterable[Path] | None = None) -> None:
         self.scene = scene
-        self.dataset_dir = Path(dataset_dir) if dataset_dir is not None else default_dataset_dir()
+        self.dataset_dir = Path(dataset_dir) if dataset_dir is not None else training_cases_dir()
         self.models_root = Path(models_root) if models_root is not None else user_models_root()
         self.model_roots = list(model_roots) if model_roots is not None else None
 
@@ -101,7 +102,7 @@ class TrainingLogic:
         ``echo`` of a multi-echo volume) as a new case; returns the case folder."""
         if volume_node is None or segmentation_node is None:
             raise InputError("choose the input volume and the corrected segmentation first")
-        from .logic import image_for_echo  # noqa: PLC0415 - the module's scene logic (slicer.util)
+        from .echoes import image_for_echo  # noqa: PLC0415 - the module's scene logic (slicer.util)
         from .segments import segmentation_to_labelmap  # noqa: PLC0415 - needs slicer's segmentation classes
 
         image = image_for_echo(volume_node, echo)

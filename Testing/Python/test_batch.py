@@ -6,7 +6,7 @@ import csv
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib import modelfile
+from KneeSegmentationLib import modelstore
 from KneeSegmentationLib.batch import Shard, find_cases
 from KneeSegmentationLib.cli import main
 
@@ -25,8 +25,8 @@ def _cases(folder):
 def test_batch_resumes_reports_failures_and_loads_the_model_once(tiny_model, tmp_path, capsys, monkeypatch):
     _cases(tmp_path / "in")
     loads = []
-    real = modelfile.load_model
-    monkeypatch.setattr(modelfile, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = modelstore.load_model
+    monkeypatch.setattr(modelstore, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
     argv = ["batch", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tiny_model), "--no-n4",
             "--statistics", "--labelmap", "-q"]
     assert main(argv) == 1  # one case failed

@@ -86,7 +86,8 @@ def test_console_script_runs(tiny_model, knee_file, tmp_path):
 
 
 def test_models_lists_versions_with_their_dice_and_marks_the_default(tmp_path, monkeypatch, capsys):
-    from KneeSegmentationLib.modelfile import bundled_models_root, list_models, select_default_model
+    from KneeSegmentationLib.modelregistry import list_models, select_default_model
+    from KneeSegmentationLib.paths import bundled_models_root
 
     monkeypatch.setenv("KNEESEG_USER_MODELS", str(tmp_path))
     oldest = min(list_models([bundled_models_root()]), key=lambda e: e.version)

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from KneeSegmentationLib.cli import main
-from KneeSegmentationLib.modelfile import default_model
+from KneeSegmentationLib.modelregistry import default_model
 from KneeSegmentationLib.mrml import create_scene, volume_node_from_image
 from KneeSegmentationLib.segments import labelmap_to_segmentation, save_segmentation
 from phantom import centered_grid, phantom_image, phantom_labels
@@ -38,7 +38,7 @@ def test_save_case_retrain_select_from_the_command_line(tmp_path, monkeypatch, c
     bundled, user, dataset = tmp_path / "bundled", tmp_path / "user", tmp_path / "cases"
     parent = tiny_parent(bundled)
     monkeypatch.setenv("KNEESEG_USER_MODELS", str(user))
-    monkeypatch.setattr("KneeSegmentationLib.modelfile.bundled_models_root", lambda: bundled)
+    monkeypatch.setattr("KneeSegmentationLib.paths.bundled_models_root", lambda: bundled)
     for seed, shift in ((1, 0.0), (2, 6.0)):
         image, model_seg, corrected = _write_case_inputs(tmp_path / f"in{seed}", seed, shift)
         assert main(["save-case", str(image), str(corrected), "--original", str(model_seg),

@@ -25,13 +25,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib import children, modelfile
+from KneeSegmentationLib import children, modelstore
 from KneeSegmentationLib.cases import list_cases, save_training_case
 from KneeSegmentationLib.cli import main
 from KneeSegmentationLib.errors import DatasetError, InputError, KneeSegError, ModelError
 from KneeSegmentationLib.files import TEMP_PREFIX
 from KneeSegmentationLib.io import read_image
-from KneeSegmentationLib.modelfile import CARD_FILE, WEIGHTS_FILE, next_version, save_model
+from KneeSegmentationLib.modelcard import CARD_FILE, WEIGHTS_FILE
+from KneeSegmentationLib.modelregistry import next_version
+from KneeSegmentationLib.modelstore import save_model
 from KneeSegmentationLib.mrml import create_scene, volume_node_from_image
 from KneeSegmentationLib.names import check_name, printable, relative_entry
 from KneeSegmentationLib.retrain import failure_reason
@@ -133,7 +135,7 @@ def test_c1_a_card_naming_a_path_is_refused_by_every_command(model_copy, knee, t
 
 
 def test_c1_save_model_never_writes_outside_its_root(tmp_path):
-    from KneeSegmentationLib.modelfile import ModelCard, Preprocessing
+    from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
     from KneeSegmentationLib.network import UNet3D, UNetConfig
 
     card = ModelCard(name=TRAVERSAL, version=1, network=UNetConfig(features=(4, 8)),
@@ -575,7 +577,7 @@ def test_c14_a_state_dict_mismatch_names_the_tensor(model_copy):
     save_file(state, str(weights))
     edit_card(model_copy, lambda c: c["weights"].update(sha256=sha256_of(weights)))
     with pytest.raises(ModelError) as e:
-        modelfile.load_model(model_copy)
+        modelstore.load_model(model_copy)
     assert name in str(e.value) and "renamed.weight" in str(e.value)
 
 
@@ -611,6 +613,6 @@ def test_c16_a_stray_empty_version_folder_is_skipped(model_copy):
     root = model_copy.parents[1]
     (root / "tiny-phantom" / "v3").mkdir()
     assert next_version("tiny-phantom", [root]) == 4
-    loaded = modelfile.load_model(model_copy)
+    loaded = modelstore.load_model(model_copy)
     assert save_model(loaded.network, loaded.card, root).name == "v4"
     assert not any((root / "tiny-phantom" / "v3").iterdir())  # the stray folder is not ours to fill

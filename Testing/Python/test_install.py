@@ -6,7 +6,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from KneeSegmentationLib import resources
+from KneeSegmentationLib import paths, resources
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +29,7 @@ def test_installed_layout_is_found(tmp_path, monkeypatch):
     # A pip install puts the library in site-packages with Resources/ inside it and nothing two levels up.
     lib = tmp_path / "site-packages" / "KneeSegmentationLib"
     (lib / "Resources" / "Models").mkdir(parents=True)
-    monkeypatch.setattr(resources, "__file__", str(lib / "resources.py"))
+    monkeypatch.setattr(paths, "__file__", str(lib / "paths.py"))  # the rule lives in paths.resources_root
     assert resources.resources_root() == lib / "Resources"
 
 

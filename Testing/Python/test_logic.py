@@ -15,11 +15,10 @@ import vtk
 import slicer
 from KneeSegmentationLib.constants import BONES, MODEL_TAG
 from KneeSegmentationLib.errors import Cancelled, InputError, KneeSegError, ModelError
-from KneeSegmentationLib.logic import (
-    FRAME_LABELS_ATTRIBUTE, FRAME_TAG_ATTRIBUTE, FRAME_UNITS_ATTRIBUTE, BackgroundRun, OutputNotEmpty,
-    SegmentationLogic, echo_count, echo_labels, format_metrics, image_for_echo, roi_box_from_node, scene_node_ids,
-    segment_names,
-)
+from KneeSegmentationLib.echoes import (FRAME_LABELS_ATTRIBUTE, FRAME_TAG_ATTRIBUTE, FRAME_UNITS_ATTRIBUTE, echo_count,
+                                        echo_labels, image_for_echo)
+from KneeSegmentationLib.logic import (BackgroundRun, OutputNotEmpty, SegmentationLogic, format_metrics, roi_box_from_node,
+                                      scene_node_ids, segment_names)
 from KneeSegmentationLib.mrml import volume_node_from_image
 from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
 from KneeSegmentationLib.segments import labelmap_to_segmentation, segmentation_to_labelmap, show_3d

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from KneeSegmentationLib.errors import ModelError
-from KneeSegmentationLib.modelfile import (CARD_FILE, WEIGHTS_FILE, ModelCard, Preprocessing, default_model,
-                                           held_out_dice, list_models, load_model, plain_summary, read_card,
-                                           save_model)
+from KneeSegmentationLib.modelcard import (CARD_FILE, WEIGHTS_FILE, ModelCard, Preprocessing, held_out_dice, plain_summary,
+                                          read_card)
+from KneeSegmentationLib.modelregistry import default_model, list_models
+from KneeSegmentationLib.modelstore import load_model, save_model
 from KneeSegmentationLib.network import UNet3D, UNetConfig
 
 CONFIG = UNetConfig(features=(4, 8))

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import Cancelled, InputError, ModelError
-from KneeSegmentationLib.modelfile import load_model
+from KneeSegmentationLib.modelstore import load_model
 from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
 from KneeSegmentationLib.preprocess import (RoiBox, joint_center, model_grid_around, physical_bounds,
                                             whole_image_grid)

@@ -12,8 +12,10 @@ import pytest
 import SimpleITK as sitk
 
 from KneeSegmentationLib.cases import save_training_case
-from KneeSegmentationLib.modelfile import (ModelCard, Preprocessing, default_model, next_version, save_model,
-                                           select_default_model, sha256_of)
+from KneeSegmentationLib.files import sha256_of
+from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
+from KneeSegmentationLib.modelregistry import default_model, next_version, select_default_model
+from KneeSegmentationLib.modelstore import save_model
 from KneeSegmentationLib.network import UNet3D, UNetConfig
 from KneeSegmentationLib.children import process_group_alive
 from KneeSegmentationLib.retrain import (RetrainJob, RetrainSettings, decide_default, read_progress, split_cases,

@@ -17,7 +17,8 @@ from KneeSegmentationLib.constants import BONES
 from KneeSegmentationLib.files import sha256_of
 from KneeSegmentationLib.io import write_image
 from KneeSegmentationLib.logic import SegmentationLogic, scene_node_ids
-from KneeSegmentationLib.modelfile import bundled_models_root, list_models
+from KneeSegmentationLib.modelregistry import list_models
+from KneeSegmentationLib.paths import bundled_models_root
 from KneeSegmentationLib.pipeline import SegmentationSettings
 
 from phantom import phantom

@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import DatasetError
-from KneeSegmentationLib.modelfile import load_model, sha256_of
+from KneeSegmentationLib.files import sha256_of
+from KneeSegmentationLib.modelstore import load_model
 
 from trainer.cases import CaseSampler, load_cases
 from trainer.evaluate import evaluate

@@ -15,7 +15,8 @@ import torch
 
 import SimpleITK as sitk
 
-from KneeSegmentationLib.modelfile import ModelCard, Preprocessing, save_model
+from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
+from KneeSegmentationLib.modelstore import save_model
 from KneeSegmentationLib.network import UNet3D, UNetConfig
 from KneeSegmentationLib.preprocess import model_grid_around, prepare_input
 
