@@ -17,7 +17,10 @@ import torch
 
 from KneeSegmentationLib.infer import predict_probabilities
 from KneeSegmentationLib.metrics import dice
-from KneeSegmentationLib.modelfile import bundled_models_root, default_model, list_models, load_model, plain_summary
+from KneeSegmentationLib.modelcard import plain_summary
+from KneeSegmentationLib.modelregistry import default_model, list_models
+from KneeSegmentationLib.modelstore import load_model
+from KneeSegmentationLib.paths import bundled_models_root
 from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
 
 from realdata import mskt_data, mskt_dicom
