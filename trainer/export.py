@@ -24,7 +24,7 @@ from KneeSegmentationLib.network import UNet3D, config_of_state, count_parameter
 from . import ranges
 from .config import TrainConfig
 from .dataset import read_manifest
-from .runfolder import BEST, LAST, load_checkpoint
+from .runfolder import BEST, CONFIG_FILE, LAST, TRAIN_LOG, load_checkpoint
 
 MODEL_CARD_MD = "MODEL_CARD.md"
 
@@ -73,8 +73,8 @@ def run_summary(run: Path, cfg: TrainConfig) -> dict:
     best = load_checkpoint(run / BEST)
     manifest = read_manifest(Path(cfg.dataset))
     rows = []
-    if (run / "train.csv").is_file():
-        with open(run / "train.csv", newline="") as f:
+    if (run / TRAIN_LOG).is_file():
+        with open(run / TRAIN_LOG, newline="") as f:
             rows = list(csv.DictReader(f))
     s_per_step = sum(float(r["s_per_step"]) for r in rows) / len(rows) if rows else None
     return {
@@ -101,9 +101,9 @@ def export(run: Path, root: Path | None = None, name: str = "knee-bones", versio
     """Writes the best weights of ``run`` as ``root/name/vN`` and returns the folder; ``benchmark_dir``
     (a ``python -m trainer benchmark`` output of these weights) records the benchmark in the card."""
     run = Path(run)
-    if not (run / BEST).is_file() or not (run / "config.json").is_file():
+    if not (run / BEST).is_file() or not (run / CONFIG_FILE).is_file():
         raise DatasetError(f"{run} is not a finished training run (no {BEST} or config.json)")
-    cfg = TrainConfig.load(run / "config.json")
+    cfg = TrainConfig.load(run / CONFIG_FILE)
     state = load_checkpoint(run / BEST)["model"]
     net_cfg = config_of_state(state)
     net = UNet3D(net_cfg)

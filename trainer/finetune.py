@@ -4,7 +4,9 @@ The starting model's card fixes the network and the preprocessing (spacing, wind
 fine-tuned model runs exactly like its parent. Each batch draws ``case_fraction`` of its samples from the
 corrected cases and the rest from the generator, so the model does not forget the contrasts and
 orientations it was not corrected on. The result is saved next to the parent's family (default: the user
-models folder) under the next free version number; the parent is never touched.
+models folder) under the next free version number; the parent is never touched. The new version's folder and
+tag are recorded in the run folder's ``result.json`` (``KneeSegmentationLib/runcontract.py``), which
+retraining reads.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from KneeSegmentationLib.modelregistry import next_version
 from KneeSegmentationLib.paths import bundled_models_root, user_models_root
 from KneeSegmentationLib.modelstore import load_model
+from KneeSegmentationLib.runcontract import write_result
 
 from .cases import load_cases
 from .config import TrainConfig
@@ -36,7 +39,10 @@ def finetune(model_dir: Path, cases_dir: Path, cfg: TrainConfig, root: Path | No
     # Number across the bundled root, the target root and the parent's root, so that a fine-tuned model never
     # shares its tag (name/vN) with a bundled one (the user root starts empty).
     version = next_version(parent.card.name, [bundled_models_root(), root, Path(model_dir).resolve().parents[1]])
-    return export(Path(cfg.run_dir), root, parent.card.name, version=version,
-                  description=f"{parent.card.tag} fine-tuned on {len(load_cases(cases_dir))} corrected case(s) "
-                              f"from {Path(cases_dir).name}, mixed with synthetic images",
-                  parent=parent.card.tag)
+    out = export(Path(cfg.run_dir), root, parent.card.name, version=version,
+                 description=f"{parent.card.tag} fine-tuned on {len(load_cases(cases_dir))} corrected case(s) "
+                             f"from {Path(cases_dir).name}, mixed with synthetic images",
+                 parent=parent.card.tag)
+    write_result(Path(cfg.run_dir), out, f"{parent.card.name}/v{version}", summary["steps"], parent=parent.card.tag,
+                 **{k: v for k, v in summary.items() if k != "steps"})
+    return out

@@ -1,11 +1,13 @@
 """A training run's folder and the files in it: checkpoints, logs and the curves plot.
 
+The file names are ``KneeSegmentationLib/runcontract.py``'s (retraining reads the same folder).
 ``run_dir`` holds ``config.json``, ``last.pt`` (exact resume: model, optimizer, scheduler, AMP scaler, step,
 best score and every rank's RNG state), ``best.pt`` (weights with the best validation score), ``train.csv``,
 ``val.csv`` and ``curves.png``. Checkpoints are written atomically (a temporary file, then a rename), so a
 killed run resumes from the last one, and hold only tensors, numbers and RNG states, so they load with
 ``torch.load(weights_only=True)``. After a resume the logs are cut back to the checkpoint's step, so they
 match the restored state. Creating a file named ``STOP`` in the folder ends the run cleanly at the next step.
+``result.json`` is written (atomically) when the run is over.
 """
 from __future__ import annotations
 
@@ -18,8 +20,12 @@ import numpy as np
 import torch
 
 from KneeSegmentationLib.constants import BONES
+from KneeSegmentationLib.runcontract import BEST, CONFIG_FILE, LAST, RESULT_FILE, STOP_FILE, TRAIN_LOG, VAL_LOG
 
-LAST, BEST, STOP_FILE = "last.pt", "best.pt", "STOP"
+__all__ = ["BEST", "CONFIG_FILE", "LAST", "RESULT_FILE", "STOP_FILE", "TRAIN_LOG", "VAL_LOG", "TRAIN_COLUMNS",
+           "VAL_COLUMNS", "rng_state", "set_rng_state", "atomic_save", "load_checkpoint", "rewrite_csv", "append_csv",
+           "plot_curves"]
+
 TRAIN_COLUMNS = ["step", "elapsed_s", "lr", "loss", "ce", "dice_loss", "s_per_step"]
 VAL_COLUMNS = ["step", *(f"dice_{b.name.lower()}" for b in BONES), "score"]
 
@@ -82,7 +88,7 @@ def plot_curves(run_dir: Path) -> Path:
         with open(p, newline="") as f:
             return list(csv.DictReader(f))
 
-    tr, va = read(run_dir / "train.csv"), read(run_dir / "val.csv")
+    tr, va = read(run_dir / TRAIN_LOG), read(run_dir / VAL_LOG)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     if tr:
         a.plot([int(r["step"]) for r in tr], [float(r["loss"]) for r in tr], lw=0.8)

@@ -2,7 +2,8 @@
 
 Each step's batch is a function of (seed, rank, step), so background workers render exactly what a resumed
 run would. The run folder and its files (``last.pt`` for an exact resume, ``best.pt``, the CSV logs, the
-curves, ``STOP``) are ``runfolder.py``'s; torchrun, the learning-rate schedule and the time budget are
+curves, ``STOP``, ``result.json`` at the end) are ``runfolder.py``'s (names from
+``KneeSegmentationLib/runcontract.py``); torchrun, the learning-rate schedule and the time budget are
 ``schedule.py``'s.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from KneeSegmentationLib.constants import BONES, NUM_CLASSES
 from KneeSegmentationLib.metrics import dice
 from KneeSegmentationLib.modelstore import load_model
 from KneeSegmentationLib.network import UNet3D, UNetConfig, with_classes
+from KneeSegmentationLib.runcontract import CONFIG_FILE, TRAIN_LOG, VAL_LOG, clear_result, write_result
 
 from .config import TrainConfig
 from .dataset import load_dataset
@@ -184,7 +186,8 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
     run = Path(cfg.run_dir)
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
-        cfg.save(run / "config.json")
+        clear_result(run)
+        cfg.save(run / CONFIG_FILE)
     if d.world > 1:
         dist.barrier()
     torch.manual_seed(cfg.seed + d.rank)
@@ -224,8 +227,8 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
         set_rng_state(ck["rng"][d.rank], rng, gen)
         log(f"resumed {run / LAST} at step {step}") if d.main else None
     if d.main:
-        rewrite_csv(run / "train.csv", TRAIN_COLUMNS, step)
-        rewrite_csv(run / "val.csv", VAL_COLUMNS, step)
+        rewrite_csv(run / TRAIN_LOG, TRAIN_COLUMNS, step)
+        rewrite_csv(run / VAL_LOG, VAL_COLUMNS, step)
 
     def checkpoint() -> None:
         states = [rng_state(rng, gen)]
@@ -265,7 +268,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
             row = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "ce", "dice_loss")}
             row.update(step=step, elapsed_s=round(elapsed0 + time.perf_counter() - t_start, 1),
                        lr=opt.param_groups[0]["lr"], s_per_step=round(float(np.mean([w["t"] for w in window])), 3))
-            append_csv(run / "train.csv", TRAIN_COLUMNS, row)
+            append_csv(run / TRAIN_LOG, TRAIN_COLUMNS, row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", s_step=row["s_per_step"])
             window = []
         if cfg.budget_minutes and (step == CALIBRATION_STEPS or step % cfg.val_every == 0):
@@ -274,7 +277,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
         flags = torch.zeros(2)
         if d.main and (step % cfg.val_every == 0 or step == cfg.steps):
             res = validate(net, val_samples, d.device)
-            append_csv(run / "val.csv", VAL_COLUMNS, {"step": step, **res})
+            append_csv(run / VAL_LOG, VAL_COLUMNS, {"step": step, **res})
             if res["score"] > best:
                 best, bad = res["score"], 0
                 atomic_save({"model": net.state_dict(), "step": step, "validation": res}, run / BEST)
@@ -303,5 +306,7 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
     summary = {"steps": step, "elapsed_s": elapsed0 + time.perf_counter() - t_start, "best_score": best,
                "stop_reason": stop_reason, "world_size": d.world, "device": str(d.device)}
     if d.main:
+        # A plain training's model is exported later (``export``); a fine-tuning names it (``finetune``).
+        write_result(run, None, None, step, **{k: v for k, v in summary.items() if k != "steps"})
         log(f"finished: {summary}")
     return summary

@@ -13,7 +13,8 @@ Phases, each a child process of the same Python (``PythonSlicer`` inside Slicer)
 1. **training**: ``python -m trainer finetune`` on the cases minus a held-out share, mixed with synthetic
    images; progress is read from the run folder the trainer already writes (``train.csv``: step, loss;
    ``val.csv``: step, Dice per bone; ``config.json``: total steps), so no extra protocol is needed. The new
-   version appears only through ``modelstore.save_model``'s atomic rename at the very end.
+   version appears only through ``modelstore.save_model``'s atomic rename at the very end; the trainer then
+   names it in the run folder's ``result.json`` (file names and record: ``runcontract.py``).
 2. **evaluating**: ``python -m KneeSegmentationLib.retrain compare``: the parent and the new model segment the
    held-out cases through the same pipeline the module uses; per-bone Dice of each goes to
    ``user_metrics.json`` in the models root, beside each other.
@@ -53,10 +54,10 @@ from .modelcard import VERSION_DIR, read_card
 from .modelregistry import SELECTION_FILE, default_model, select_default_model, selected_model_path
 from .paths import (bundled_models_root, missing_synthetic_dataset, synthetic_dataset_dir, training_cases_dir,
                     user_models_root)
+from .runcontract import CONFIG_FILE, TRAIN_LOG, VAL_LOG, read_result
 
 USER_METRICS_FILE = "user_metrics.json"
 HOLDOUT_EVERY = 4  # every 4th case (by name) is held out for the comparison; at least one if there are two
-WRITTEN_LINE = re.compile(r"fine-tuned model written to (.+)$", re.M)
 PHASES = ("starting", "training", "evaluating", "done", "failed", "stopped")
 
 
@@ -138,12 +139,12 @@ def read_progress(run_dir: Path) -> tuple[int, int, list[tuple[int, float]], lis
     """(step, total steps, loss curve, validation curve) from a trainer run folder."""
     total = 0
     try:
-        total = int(json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["steps"])
+        total = int(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))["steps"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    loss = [(int(r["step"]), f) for r in read_csv_rows(run_dir / "train.csv") if (f := _float(r.get("loss"))) is not None]
+    loss = [(int(r["step"]), f) for r in read_csv_rows(run_dir / TRAIN_LOG) if (f := _float(r.get("loss"))) is not None]
     val = []
-    for r in read_csv_rows(run_dir / "val.csv"):
+    for r in read_csv_rows(run_dir / VAL_LOG):
         values = {k: f for k, v in r.items() if k != "step" and (f := _float(v)) is not None}
         if "score" in values:
             val.append((int(r["step"]), values))
@@ -342,12 +343,12 @@ class RetrainJob:
             self._refresh_progress()
             self._t_train_end = time.perf_counter()
             log = log_tail(self._work / "train.log", 1 << 16)
-            found = WRITTEN_LINE.findall(log)
-            if code != 0 or not found:
+            written = read_result(self._work / "run")
+            if code != 0 or not written or not written.get("model"):
                 self._fail(f"fine-tuning failed (exit status {code}): {failure_reason(log)}\n"
                            f"{log_tail(self._work / 'train.log')}")
                 return
-            self.new_model = Path(found[-1].strip())
+            self.new_model = Path(written["model"])
             self._keep_current_default()
             self._phase, self._message = "evaluating", (
                 f"Comparing {self.parent_card.tag} and the new version on {len(self.eval_cases)} "

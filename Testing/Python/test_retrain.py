@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -117,6 +118,43 @@ def test_stop_mid_training_kills_the_tree_and_leaves_no_partial_model(setup, tmp
     assert not user.exists()  # no version, no temporary folder, no selection: the models root is as before
     assert not work.exists()
     assert job.stop().phase == "stopped"  # stopping twice is harmless
+
+
+FAKE_PYTHON = """#!{python}
+import json, shutil, sys
+from pathlib import Path
+from KneeSegmentationLib.runcontract import write_result
+args = sys.argv[1:]
+opt = lambda name: args[args.index(name) + 1]
+if "finetune" in args:  # writes a version and result.json, prints nothing
+    new = Path(opt("--root")) / "tiny-retrain" / "v2"
+    shutil.copytree(opt("--model"), new)
+    Path(opt("--run")).mkdir(parents=True)
+    write_result(Path(opt("--run")), new, "tiny-retrain/v2", 7)
+else:  # compare
+    record = {{"dice": {{"Femur": 0.5}}, "score": 0.5, "cases": []}}
+    Path(opt("--out")).write_text(json.dumps([dict(record, tag="tiny-retrain/v1"), dict(record, tag="tiny-retrain/v2")]))
+"""
+
+
+def test_retraining_reads_the_new_model_from_result_json(setup, tmp_path):
+    """The contract is the run folder's result.json (runcontract.py), not a line the trainer prints."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    user = tmp_path / "user"
+    status = RetrainJob(settings(setup, user, steps=7, make_default="no", python=str(fake))).start().wait(timeout=60)
+    assert status.phase == "done", status.error
+    assert status.result.model == (user / "tiny-retrain" / "v2").resolve() and status.result.tag == "tiny-retrain/v2"
+    assert not status.result.made_default and user_metrics_for(status.result.model, user)["steps"] == 7
+
+
+def test_a_finetune_that_writes_no_result_json_fails(setup, tmp_path):
+    fake = tmp_path / "fake-python"
+    fake.write_text(f"#!{sys.executable}\nprint('fine-tuned model written to /nowhere')\n")
+    fake.chmod(0o755)
+    status = RetrainJob(settings(setup, tmp_path / "user", steps=1, python=str(fake))).start().wait(timeout=60)
+    assert status.phase == "failed" and "fine-tuning failed (exit status 0)" in status.error
 
 
 def test_progress_is_read_from_the_run_folder(tmp_path):

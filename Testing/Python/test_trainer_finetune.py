@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import sha256_of
 from KneeSegmentationLib.modelstore import load_model
+from KneeSegmentationLib.runcontract import read_result
 
 from trainer.cases import CaseSampler, load_cases
 from trainer.evaluate import evaluate
@@ -78,11 +79,14 @@ def test_export_then_finetune_writes_a_new_version_and_keeps_the_old(dataset, ca
     assert v1.name == "v1" and (v1 / MODEL_CARD_MD).is_file()
     card = load_model(v1).card
     assert card.preprocessing.spacing_mm == (4.0, 4.0, 4.0) and card.training["steps"] == 2
+    assert read_result(run)["model"] is None and read_result(run)["steps"] == 2  # a plain run exports later
     before = {p.name: sha256_of(p) for p in v1.iterdir()}
 
     cfg = tiny_config(dataset, tmp_path / "ft", steps=2, case_fraction=0.5)
     v2 = finetune(v1, cases, cfg, root, resume=False, log=lambda *_: None)
     assert v2 == root / "tiny-knee" / "v2"
+    written = read_result(tmp_path / "ft")  # what retraining reads instead of the printed line
+    assert written["model"] == str(v2.resolve()) and written["version"] == "tiny-knee/v2" and written["steps"] == 2
     new = load_model(v2).card
     assert new.parent == "tiny-knee/v1" and new.version == 2
     assert {p.name: sha256_of(p) for p in v1.iterdir()} == before  # the parent is untouched
