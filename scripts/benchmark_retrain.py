@@ -47,7 +47,8 @@ from KneeSegmentationLib.infer import predict_probabilities  # noqa: E402
 from KneeSegmentationLib.metrics import dice  # noqa: E402
 from KneeSegmentationLib.modelstore import LoadedModel, load_model  # noqa: E402
 from KneeSegmentationLib.preprocess import model_grid_around  # noqa: E402
-from KneeSegmentationLib.retrain import RetrainJob, RetrainSettings  # noqa: E402
+from KneeSegmentationLib.retrain import RetrainJob  # noqa: E402
+from KneeSegmentationLib.retrainstatus import RetrainSettings  # noqa: E402
 
 from trainer.dataset import load_dataset  # noqa: E402
 from trainer.generator import Generator, Sample  # noqa: E402

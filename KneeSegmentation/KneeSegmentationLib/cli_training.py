@@ -120,7 +120,8 @@ def cases_command(a: argparse.Namespace) -> int:
 def retrain_command(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .retrain import RetrainJob, RetrainSettings
+    from .retrain import RetrainJob
+    from .retrainstatus import RetrainSettings
 
     settings = RetrainSettings(model=a.model, cases=a.cases, synthetic=a.synthetic, root=a.root, steps=a.steps,
                                holdout=not a.no_holdout, make_default=a.make_default, device=a.device,

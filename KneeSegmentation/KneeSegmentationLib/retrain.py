@@ -25,144 +25,40 @@ Phases, each a child process of the same Python (``PythonSlicer`` inside Slicer)
 Stop kills the process group, then removes what the child may have left: the temporary work folder (run
 folder, checkpoints, case links) and any hidden temporary folder ``save_model`` had started in the models
 root. A version folder is either complete (renamed into place) or absent.
+
+This module holds the job and the comparison child's entry point; the settings, status and progress reading
+are ``retrainstatus.py``'s, the held-out split, the comparison, ``user_metrics.json`` and the default decision
+``retraincompare.py``'s, the run folder's file names and ``result.json`` ``runcontract.py``'s.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from .cases import IMAGE_FILE, LABEL_FILE, list_cases
-from .children import TRAINER_PARENTS, default_python, kill_tree, log_tail, spawn, trainer_parent, watch_parent
-from .constants import BONES
+from .cases import list_cases
+from .children import TRAINER_PARENTS, kill_tree, log_tail, spawn, trainer_parent, watch_parent
 from .errors import DatasetError, KneeSegError, ModelError
 from .files import write_text_atomically
 from .modelcard import VERSION_DIR, read_card
 from .modelregistry import SELECTION_FILE, default_model, select_default_model, selected_model_path
 from .paths import (bundled_models_root, missing_synthetic_dataset, synthetic_dataset_dir, training_cases_dir,
                     user_models_root)
-from .runcontract import CONFIG_FILE, TRAIN_LOG, VAL_LOG, read_result
-
-USER_METRICS_FILE = "user_metrics.json"
-HOLDOUT_EVERY = 4  # every 4th case (by name) is held out for the comparison; at least one if there are two
-PHASES = ("starting", "training", "evaluating", "done", "failed", "stopped")
+from .retraincompare import compare_on_cases, decide_default, record_user_metrics, split_cases
+from .retrainstatus import RetrainResult, RetrainSettings, RetrainStatus, failure_reason, read_progress
+from .runcontract import read_result
 
 
-@dataclass
-class RetrainSettings:
-    """What a retraining should do; the CLI and the module's panel fill it."""
-
-    model: Path | None = None  # parent model version folder; None = the current default model
-    cases: Path | None = None  # dataset of corrected cases; None = paths.training_cases_dir()
-    synthetic: Path | None = None  # trainer's synthesis dataset; None = paths.synthetic_dataset_dir()
-    root: Path | None = None  # models root for the new version; None = paths.user_models_root()
-    steps: int = 200
-    holdout: bool = True  # hold out every HOLDOUT_EVERY-th case (at least one of two) for the comparison
-    make_default: str = "auto"  # "auto": only if better on held-out cases; "yes"; "no"
-    device: str = "auto"  # for the comparison
-    n4: bool = True  # the comparison segments like the module does by default
-    trainer_args: tuple[str, ...] = ()  # extra ``trainer finetune`` options, e.g. ("--crop", "48,48,48")
-    python: str = field(default_factory=lambda: default_python())
-
-
-@dataclass(frozen=True)
-class RetrainResult:
-    model: Path
-    tag: str
-    parent: str
-    metrics: dict  # the new model on the evaluation cases: {"dice": {bone: mean}, "score": mean, ...}
-    parent_metrics: dict
-    held_out: bool  # False when the evaluation cases were also trained on (a single case)
-    made_default: bool
-    reason: str
-    train_s: float
-    evaluate_s: float
-
-
-@dataclass(frozen=True)
-class RetrainStatus:
-    phase: str
-    step: int
-    total_steps: int
-    loss: list[tuple[int, float]]  # (step, training loss)
-    validation: list[tuple[int, dict]]  # (step, {"score": …, "dice_femur": …, …}) on synthetic validation
-    message: str
-    elapsed_s: float
-    result: RetrainResult | None = None
-    error: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.phase in ("done", "failed", "stopped")
-
-    @property
-    def fraction(self) -> float:
-        if self.phase == "done":
-            return 1.0
-        return 0.9 * min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
-
-
-# ------------------------------------------------------------------------------------------- progress
-def read_csv_rows(path: Path) -> list[dict]:
-    """Complete rows of a CSV the child is appending to (a half-written last line is skipped)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    return list(csv.DictReader(text.splitlines()))
-
-
-def _float(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
-
-
-def read_progress(run_dir: Path) -> tuple[int, int, list[tuple[int, float]], list[tuple[int, dict]]]:
-    """(step, total steps, loss curve, validation curve) from a trainer run folder."""
-    total = 0
-    try:
-        total = int(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))["steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    loss = [(int(r["step"]), f) for r in read_csv_rows(run_dir / TRAIN_LOG) if (f := _float(r.get("loss"))) is not None]
-    val = []
-    for r in read_csv_rows(run_dir / VAL_LOG):
-        values = {k: f for k, v in r.items() if k != "step" and (f := _float(v)) is not None}
-        if "score" in values:
-            val.append((int(r["step"]), values))
-    step = max([s for s, _ in loss] + [s for s, _ in val] + [0])
-    return step, total, loss, val
-
-
-# ------------------------------------------------------------------------------------ cases, metrics
-def split_cases(case_dirs: list[Path], holdout: bool) -> tuple[list[Path], list[Path], bool]:
-    """(train, evaluate, held_out). Every HOLDOUT_EVERY-th case (by name, starting with the last) is held
-    out; one case alone is trained on and evaluated on (not held out: reported as such)."""
-    case_dirs = sorted(case_dirs)
-    if not holdout or len(case_dirs) < 2:
-        return case_dirs, case_dirs, False
-    held = {case_dirs[i] for i in range(len(case_dirs) - 1, -1, -HOLDOUT_EVERY)}
-    return [c for c in case_dirs if c not in held], sorted(held), True
-
-
+# ------------------------------------------------------------------------------------------- set-up
 def _link_cases(cases: list[Path], folder: Path) -> Path:
     folder.mkdir(parents=True)
     for case in cases:
@@ -172,82 +68,6 @@ def _link_cases(cases: list[Path], folder: Path) -> Path:
             shutil.copytree(case, folder / case.name)
     return folder
 
-
-def compare_on_cases(models: Sequence[Path], case_dirs: Sequence[Path], device: str = "auto",
-                     n4: bool = True) -> list[dict]:
-    """Each model segments each case through the module's pipeline; per-bone Dice against the case's labels
-    (bones absent from a case's labels are not scored for it). Returns one summary per model."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    from .metrics import dice
-    from .modelstore import load_model
-    from .pipeline import SegmentationSettings, run_segmentation
-
-    cases = [(Path(c).name, sitk.ReadImage(str(Path(c) / IMAGE_FILE), sitk.sitkFloat32),
-              sitk.GetArrayFromImage(sitk.ReadImage(str(Path(c) / LABEL_FILE)))) for c in case_dirs]
-    out = []
-    for model in models:
-        loaded = load_model(model)
-        per_bone: dict[str, list[float]] = {b.name: [] for b in BONES}
-        per_case = []
-        for name, image, truth in cases:
-            result = run_segmentation(image, SegmentationSettings(model=loaded, device=device, n4=n4))
-            pred = sitk.GetArrayFromImage(result.labelmap)
-            row = {"case": name}
-            for b in BONES:
-                if (truth == b.label).any():
-                    row[b.name] = round(dice(pred == b.label, truth == b.label), 4)
-                    per_bone[b.name].append(row[b.name])
-            per_case.append(row)
-        means = {k: round(float(np.mean(v)), 4) for k, v in per_bone.items() if v}
-        out.append({"model": str(model), "tag": loaded.card.tag, "dice": means,
-                    "score": round(float(np.mean(list(means.values()))), 4) if means else 0.0, "cases": per_case})
-    return out
-
-
-def read_user_metrics(root: Path | None = None) -> dict:
-    """``{model path: record}`` of every retrained model's comparison on the user's cases."""
-    path = Path(root or user_models_root()) / USER_METRICS_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def user_metrics_for(model_dir: Path, root: Path | None = None) -> dict | None:
-    """The comparison recorded for ``model_dir`` (for the version picker), or None."""
-    return read_user_metrics(root).get(str(Path(model_dir).resolve()))
-
-
-def record_user_metrics(root: Path, model_dir: Path, record: dict) -> None:
-    """Adds one record to ``user_metrics.json`` (temp file + rename; earlier records are kept)."""
-    data = read_user_metrics(root)
-    data[str(Path(model_dir).resolve())] = record
-    write_text_atomically(Path(root) / USER_METRICS_FILE, json.dumps(data, indent=2) + "\n")
-
-
-def decide_default(new: dict, parent: dict, held_out: bool, make_default: str) -> tuple[bool, str]:
-    if make_default == "yes":
-        return True, "made default as requested"
-    if make_default == "no":
-        return False, "kept the previous default as requested"
-    if not held_out:
-        return False, ("kept the previous default: with a single case there is no held-out case to show the new "
-                       "version is better; select it yourself if you want it")
-    if new["score"] > parent["score"]:
-        return True, f"better on held-out cases (mean Dice {new['score']:.3f} vs {parent['score']:.3f})"
-    return False, f"not better on held-out cases (mean Dice {new['score']:.3f} vs {parent['score']:.3f})"
-
-
-def failure_reason(log: str) -> str:
-    """The line of a child's log that says why it failed: the last exception or error line, else the last line."""
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if re.search(r"(Error|Exception|error:|Killed)", line) and not line.startswith("File "):
-            return line[:300]
-    return lines[-1][:300] if lines else "no output"
 
 
 # ------------------------------------------------------------------------------------------------ job

@@ -25,7 +25,9 @@ from .errors import InputError
 from .modelregistry import default_model, list_models, select_default_model
 from .paths import bundled_models_root, training_cases_dir, user_models_root
 from .mrml import image_from_volume_node, volume_node_from_image
-from .retrain import RetrainJob, RetrainSettings, user_metrics_for
+from .retrain import RetrainJob
+from .retraincompare import user_metrics_for
+from .retrainstatus import RetrainSettings
 from .segments import model_tag_of
 
 MODEL_OUTPUT_ROLE = "KneeSegmentation.ModelOutput"

@@ -36,7 +36,7 @@ from KneeSegmentationLib.modelregistry import next_version
 from KneeSegmentationLib.modelstore import save_model
 from KneeSegmentationLib.mrml import create_scene, volume_node_from_image
 from KneeSegmentationLib.names import check_name, printable, relative_entry
-from KneeSegmentationLib.retrain import failure_reason
+from KneeSegmentationLib.retrainstatus import failure_reason
 from KneeSegmentationLib.segments import labelmap_to_segmentation, save_segmentation
 from phantom import phantom
 
@@ -269,7 +269,8 @@ def test_c3_retrain_pins_the_default_before_any_child_runs(tmp_path, monkeypatch
     newest: the previous default is pinned before the child starts (and unpinned when stopped cleanly)."""
     from test_retrain import tiny_parent
     from trainer_data import make_tiny_dataset
-    from KneeSegmentationLib.retrain import RetrainJob, RetrainSettings
+    from KneeSegmentationLib.retrain import RetrainJob
+    from KneeSegmentationLib.retrainstatus import RetrainSettings
 
     bundled, user, cases = tmp_path / "bundled", tmp_path / "user", tmp_path / "cases"
     parent = tiny_parent(bundled)

@@ -19,8 +19,9 @@ from KneeSegmentationLib.modelregistry import default_model, next_version, selec
 from KneeSegmentationLib.modelstore import save_model
 from KneeSegmentationLib.network import UNet3D, UNetConfig
 from KneeSegmentationLib.children import process_group_alive
-from KneeSegmentationLib.retrain import (RetrainJob, RetrainSettings, decide_default, read_progress, split_cases,
-                                         user_metrics_for)
+from KneeSegmentationLib.retrain import RetrainJob
+from KneeSegmentationLib.retraincompare import decide_default, split_cases, user_metrics_for
+from KneeSegmentationLib.retrainstatus import RetrainSettings, read_progress
 from phantom import centered_grid, phantom_image, phantom_labels
 from trainer_data import make_tiny_dataset
 

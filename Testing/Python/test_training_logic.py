@@ -64,7 +64,7 @@ def test_versions_select_and_rollback(scene, tmp_path):
 
 
 def test_curve_points_fit_the_widget():
-    from KneeSegmentationLib.retrain import RetrainStatus
+    from KneeSegmentationLib.retrainstatus import RetrainStatus
     from KneeSegmentationLib.training_logic import curve_points
 
     status = RetrainStatus("training", 20, 40, [(10, 2.0), (20, 1.0)], [(20, {"score": 0.5})], "", 1.0)
