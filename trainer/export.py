@@ -48,7 +48,11 @@ def benchmark_record(folder: Path) -> dict:
     if not path.is_file():
         raise DatasetError(f"{path} not found; run `python -m trainer benchmark` first")
     summary = json.loads(path.read_text(encoding="utf-8"))
-    return {k: summary[k] for k in BENCHMARK_KEYS if k in summary}
+    record = {k: summary[k] for k in BENCHMARK_KEYS if k in summary}
+    echoes = record.get("echo_consistency")
+    if isinstance(echoes, dict) and echoes.get("png"):  # a card names no machine paths
+        record["echo_consistency"] = {**echoes, "png": Path(echoes["png"]).name}
+    return record
 
 
 def data_summary(manifest: dict) -> list[dict]:

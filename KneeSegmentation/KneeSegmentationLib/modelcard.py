@@ -233,7 +233,14 @@ def held_out_dice(card: ModelCard) -> float | None:
     """Mean Dice over the bones of the evaluated label maps that were not trained on (None: none recorded).
 
     The trainer's evaluation also renders a training map (the one with a fibula, under new contrasts and
-    deformations); its figures are left out here, since they are not measured on unseen anatomy."""
+    deformations); its figures are left out here, since they are not measured on unseen anatomy. The fixed
+    benchmark (held-out maps only) takes precedence where the card records it."""
+    bench = (card.metrics or {}).get("benchmark")
+    if isinstance(bench, dict) and isinstance(bench.get("bones"), dict):
+        values = [float(b["dice_mean"]) for b in bench["bones"].values()
+                  if isinstance(b, dict) and isinstance(b.get("dice_mean"), (int, float))]
+        if values:
+            return sum(values) / len(values)
     rendered = (card.metrics or {}).get("rendered")
     if not isinstance(rendered, dict):
         return None
