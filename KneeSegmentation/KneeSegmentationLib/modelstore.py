@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from .children import exit_if_orphaned
 from .errors import ModelError
 from .files import TEMP_PREFIX, sha256_of, usual_permissions
-from .modelcard import CARD_FILE, WEIGHTS_FILE, ModelCard, check_labels, read_card, refuse_pickles, versions_in
+from .modelcard import CARD_FILE, WEIGHTS_FILE, ModelCard, refuse_pickles, verify_weights, versions_in
 from .names import check_name, check_version, printable
 from .network import UNet3D
 
@@ -45,16 +45,8 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
         path = path.parent
     if not path.is_dir():
         raise ModelError(f"model not found: {path}")
-    card = read_card(path)
+    card = verify_weights(path)
     weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelError(f"{path}: {WEIGHTS_FILE} is missing")
-    refuse_pickles(weights)
-    digest = sha256_of(weights)
-    if digest != card.weights_sha256:
-        raise ModelError(f"{weights}: checksum mismatch (file {digest[:12]}…, card {card.weights_sha256[:12]}…); "
-                         "the file is damaged or was modified")
-    check_labels(card, path)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:

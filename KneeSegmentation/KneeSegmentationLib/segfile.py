@@ -123,6 +123,19 @@ def seg_nrrd_header(labelmap: sitk.Image, model_tag: str | None = None, laterali
     return header
 
 
+def check_bone_labelmap(labelmap: sitk.Image) -> np.ndarray:
+    """The array view of a 3D labelmap whose values are all background or bone labels (else a one-line
+    error), shared by the MRML and the file writers so both refuse the same labelmaps."""
+    if labelmap.GetDimension() != 3:
+        raise InputError("a labelmap must be 3D")
+    array = sitk.GetArrayViewFromImage(labelmap)
+    unknown = set(np.unique(array).tolist()) - {0} - {b.label for b in BONES}
+    if unknown:
+        known = ", ".join(f"{b.label} {b.name}" for b in BONES)
+        raise InputError(f"labelmap has values {sorted(unknown)} that are not bones ({known})")
+    return array
+
+
 def write_seg_nrrd(labelmap: sitk.Image, path: str | Path, model_tag: str | None = None,
                    laterality: str | None = None) -> Path:
     """Writes ``labelmap`` (0 background, bone labels of ``constants.BONES``) as a Slicer ``.seg.nrrd``,
@@ -133,13 +146,7 @@ def write_seg_nrrd(labelmap: sitk.Image, path: str | Path, model_tag: str | None
     path = Path(path)
     if not path.name.endswith(SEG_SUFFIX):
         raise InputError(f"{path.name}: a segmentation file must end with {SEG_SUFFIX}")
-    if labelmap.GetDimension() != 3:
-        raise InputError("a labelmap must be 3D")
-    array = sitk.GetArrayViewFromImage(labelmap)
-    unknown = set(np.unique(array).tolist()) - {0} - {b.label for b in BONES}
-    if unknown:
-        known = ", ".join(f"{b.label} {b.name}" for b in BONES)
-        raise InputError(f"labelmap has values {sorted(unknown)} that are not bones ({known})")
+    array = check_bone_labelmap(labelmap)
     header = seg_nrrd_header(labelmap, model_tag, laterality)
     data = np.ascontiguousarray(array.astype(np.uint8, copy=False))  # (z, y, x) = C order of (x, y, z)
     path.parent.mkdir(parents=True, exist_ok=True)

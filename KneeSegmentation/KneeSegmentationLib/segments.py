@@ -19,6 +19,7 @@ from .constants import BONES, CATEGORY_CODE, CATEGORY_MEANING, MODEL_TAG, SNOMED
 from .errors import InputError
 from .files import write_atomically
 from .mrml import image_from_volume_node, segmentations_logic, volume_node_from_image
+from .segfile import check_bone_labelmap
 from .terminology import terminology_string
 
 
@@ -74,13 +75,7 @@ def labelmap_to_segmentation(scene, labelmap: sitk.Image, reference_volume_node,
     segment per bone present in ``labelmap``; every bone absent from it still gets an empty segment, so
     the user always finds every bone to edit (a model made before the Patella class leaves it empty).
     ``laterality`` ("left"/"right", see ``laterality.py``) goes into the terminology's anatomic-region modifier."""
-    if labelmap.GetDimension() != 3:
-        raise InputError("a labelmap must be 3D")
-    array = sitk.GetArrayViewFromImage(labelmap)
-    unknown = set(np.unique(array).tolist()) - {0} - {b.label for b in BONES}
-    if unknown:
-        known = ", ".join(f"{b.label} {b.name}" for b in BONES)
-        raise InputError(f"labelmap has values {sorted(unknown)} that are not bones ({known})")
+    check_bone_labelmap(labelmap)
     logic = segmentations_logic(scene)
     label_node = volume_node_from_image(scene, sitk.Cast(labelmap, sitk.sitkUInt8), "__kneeseg_labels", labelmap=True)
     try:
