@@ -94,14 +94,19 @@ def check_readable(path: Path) -> None:
 COMPLEX_PIXELS = (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64)
 
 
-def check_header(reader: sitk.ImageFileReader, name: str) -> None:
-    """What the header declares, checked before any pixel is read: kind of pixel, size, spacing, direction."""
-    if reader.GetPixelID() in COMPLEX_PIXELS:
+def check_pixel_kind(pixel_id: int, components: int, name: str) -> None:
+    """A real-valued scalar image, as a file's header declares it or as an image in memory has it."""
+    if pixel_id in COMPLEX_PIXELS:
         raise InputError(f"{name} holds complex voxels (k-space or phase data); a real-valued magnitude MRI is "
                          "needed.")
-    if reader.GetNumberOfComponents() > 1:
-        raise InputError(f"{name} has {reader.GetNumberOfComponents()} components per voxel "
+    if components > 1:
+        raise InputError(f"{name} has {components} components per voxel "
                          "(vector or colour image); a scalar 3D MRI is needed.")
+
+
+def check_header(reader: sitk.ImageFileReader, name: str) -> None:
+    """What the header declares, checked before any pixel is read: kind of pixel, size, spacing, direction."""
+    check_pixel_kind(reader.GetPixelID(), reader.GetNumberOfComponents(), name)
     check_input_size(reader.GetSize(), name)
     if reader.GetDimension() == 3:
         check_spacing(reader.GetSpacing(), name)
@@ -280,12 +285,7 @@ def _check_slice_steps(group: _EchoGroup, path: Path) -> None:
 def validate_image(image: sitk.Image, name: str = "The image") -> None:
     """Raises InputError naming the problem if ``image`` cannot be segmented; returns None if it can."""
     dim = image.GetDimension()
-    if image.GetPixelID() in COMPLEX_PIXELS:
-        raise InputError(f"{name} holds complex voxels (k-space or phase data); a real-valued magnitude MRI is "
-                         "needed.")
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        raise InputError(f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
-                         "(vector or colour image); a scalar 3D MRI is needed.")
+    check_pixel_kind(image.GetPixelID(), image.GetNumberOfComponentsPerPixel(), name)
     if dim != 3:
         kind = "2D" if dim == 2 else f"{dim}D"
         raise InputError(f"{name} is {kind} (size {list(image.GetSize())}); a 3D volume is needed"
