@@ -108,19 +108,14 @@ def run_segmentation(
         image = _timed(timings, "n4", n4_correct, image, cancel=cancel, progress=report)
     cancel.check()
 
-    def segment_on(grid: sitk.Image, report: Callable[[float], None], window=patch) -> np.ndarray:
-        nonlocal device
-        x = prepare_input(image, grid, norm)
-        prob, device, warn = predict_probabilities(model.network, x, window, device, settings.tta, report, cancel)
-        warnings.extend(warn)
-        return prob
-
     if settings.roi is not None:
-        grid = roi_grid(settings.roi, spacing, model.card.network.size_divisor)
-        window = patch
+        grid, window = roi_grid(settings.roi, spacing, model.card.network.size_divisor), patch
     else:
         grid, window = whole_image_grid(image, spacing, patch, model.card.network.size_divisor)
-    prob = _timed(timings, "network", segment_on, grid, stages.stage("Segmenting"), window)
+    report = stages.stage("Segmenting")
+    prob, device, warn = _timed(timings, "network", lambda: predict_probabilities(  # input resampling included
+        model.network, prepare_input(image, grid, norm), window, device, settings.tta, report, cancel))
+    warnings.extend(warn)
     cancel.check()
     if settings.roi is not None:
         center = np.asarray(settings.roi.center_lps, float)
