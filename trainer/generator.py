@@ -205,6 +205,11 @@ class Generator:
         stds = rng.uniform(*R.STD_RANGE, n)
         if rng.random() < R.SAME_MARROW_P:
             means[list(T.MARROWS)] = means[T.FEMUR_MARROW]
+        if rng.random() < R.MARROW_LIKE_FAT_P:
+            jitter = rng.uniform(-R.MARROW_FAT_JITTER, R.MARROW_FAT_JITTER, len(T.MARROWS))
+            means[list(T.MARROWS)] = np.clip(means[T.FAT] + jitter, *R.MEAN_RANGE)
+        if rng.random() < R.BAND_LIKE_FAT_P:
+            means[T.FLUID] = means[T.FAT]
         if rng.random() < R.CORTEX_DARK_P:
             means[list(T.CORTICES)] = rng.uniform(*R.CORTEX_DARK_RANGE)
         if rng.random() < R.AIR_DARK_P:

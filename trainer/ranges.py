@@ -50,6 +50,15 @@ CORTEX_DARK_RANGE = (0.0, 0.12)  # ...with a mean in this range
 AIR_DARK_P = 0.9  # probability that air outside the leg is dark...
 AIR_DARK_RANGE = (0.0, 0.05)  # ...with a mean in this range
 SAME_MARROW_P = 0.8  # probability that all bones share one marrow intensity (same tissue: fatty marrow)
+# Adult marrow is fat: in T1, PD, T2 and fat-saturated images it looks like the fat around the knee. v3 saw
+# marrow and fat as unrelated tissues, so on the real sample it let the patella run into the suprapatellar
+# fat and quadriceps tendon (45 ml); here the cortex and the shape must separate them.
+MARROW_LIKE_FAT_P = 0.5  # probability that the marrow means are fat's mean...
+MARROW_FAT_JITTER = 0.05  # ...plus a uniform offset within ±this
+# The generation maps put a 2 mm band of "fluid/soft tissue" around every labelled structure: a cue real
+# images do not always give (the patella's anterior surface lies in fat). With this probability the band
+# takes fat's intensity.
+BAND_LIKE_FAT_P = 0.25
 
 # --- Image formation -------------------------------------------------------------------------------------
 BIAS_STD = 0.35  # std of the log of the multiplicative bias field at its control points
