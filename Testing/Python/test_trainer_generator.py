@@ -142,3 +142,23 @@ def test_the_labels_of_a_crop_are_those_of_the_whole_map(dataset):
     whole = F.grid_sample(torch.from_numpy(m.labels.astype(np.float32))[None, None], grid, mode="nearest",
                           padding_mode="zeros", align_corners=True).long()[0, 0]
     assert torch.equal(gen._labels_at(m, grid), whole)
+
+
+def test_marrow_is_drawn_like_fat_often_but_not_always(dataset, monkeypatch):
+    """Real marrow is fat: the generator must often paint them alike (so the cortex and shape separate them),
+    and still sometimes apart (fat-saturated marrow oedema, red marrow)."""
+    from trainer import ranges as R
+
+    gen = Generator(load_dataset(dataset, ("train",)), TINY_SPACING, TINY_CROP)
+    rng = np.random.default_rng(3)
+    close = []
+    for _ in range(400):
+        means, _ = gen._tissue_intensities(rng)
+        gaps = np.abs(means[list(T.MARROWS)].numpy() - float(means[T.FAT]))
+        close.append(bool(gaps.max() <= R.MARROW_FAT_JITTER + 1e-6))
+    share = float(np.mean(close))
+    assert R.MARROW_LIKE_FAT_P - 0.1 < share < R.MARROW_LIKE_FAT_P + 0.15, share
+
+    monkeypatch.setattr(R, "BAND_LIKE_FAT_P", 1.0)
+    means, _ = gen._tissue_intensities(np.random.default_rng(4))
+    assert float(means[T.FLUID]) == float(means[T.FAT])
