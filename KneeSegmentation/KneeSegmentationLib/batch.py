@@ -144,7 +144,9 @@ def run_batch(in_dir: Path, out_dir: Path, options: BatchOptions, settings, shar
             labels = sitk.GetArrayViewFromImage(result.labelmap)
             voxel_ml = float(np.prod(result.labelmap.GetSpacing())) / 1000.0
             volumes = {b.name: round(float(np.count_nonzero(labels == b.label)) * voxel_ml, 1) for b in BONES}
-            missing = f"not found: {', '.join(result.not_found)}" if result.not_found else ""
+            missing = "; ".join(
+                [f"not found: {', '.join(result.not_found)}"] * bool(result.not_found)
+                + [f"not segmented by this model: {', '.join(result.not_segmented)}"] * bool(result.not_segmented))
             reports[case.name] = CaseReport(case.name, "done", missing, volumes, result.laterality,
                                             time.perf_counter() - t0)
         except KeyboardInterrupt:

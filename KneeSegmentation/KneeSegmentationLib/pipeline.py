@@ -54,6 +54,8 @@ class SegmentationResult:
     warnings: list[str] = field(default_factory=list)
     laterality: str | None = None  # "left" / "right" knee, from the fibula's side of the tibia (laterality.py)
     not_found: list[str] = field(default_factory=list)  # bone names absent or below laterality.MIN_BONE_ML
+    # bones the model has no output for (a 3-bone model and the Patella): not "not found", never looked for
+    not_segmented: list[str] = field(default_factory=list)
 
 
 def resolve_model(model: Path | str | LoadedModel | None) -> LoadedModel:
@@ -129,6 +131,8 @@ def run_segmentation(
     labels = _timed(timings, "clean up", clean_labels, labels, image.GetSpacing(),
                     image.GetDirection())
     labels, not_found = drop_specks(labels, image.GetSpacing())
+    not_segmented = [name for name in not_found if name not in model.card.labels.values()]
+    not_found = [name for name in not_found if name not in not_segmented]
     labelmap = sitk.GetImageFromArray(labels)
     labelmap.CopyInformation(image)
     side = laterality_of(labelmap)
@@ -145,4 +149,4 @@ def run_segmentation(
     if not labels.any():
         warnings.append("no bone was found; is this a knee MRI? (check the ROI and the echo)")
     return SegmentationResult(labelmap, uncertainty, model.card, str(device), tuple(float(c) for c in center),
-                              timings, warnings, side, not_found)
+                              timings, warnings, side, not_found, not_segmented)

@@ -66,11 +66,14 @@ def write_statistics(stats: dict, path: str | Path) -> Path:
 
 def result_line(result) -> str:
     """A segmentation result in one line, as ``kneeseg segment`` prints it and the Slicer panel shows it:
-    ``Femur 218.8 ml, Tibia 153.7 ml; right knee; not found: Fibula, Patella``. ``result`` needs ``labelmap``,
-    ``laterality`` and ``not_found`` (a ``pipeline.SegmentationResult``)."""
+    ``Femur 218.8 ml, Tibia 153.7 ml; right knee; not found: Fibula``, and ``not segmented by this model:
+    Patella`` for a model without that output. ``result`` is a ``pipeline.SegmentationResult``."""
     stats = segment_statistics(None, result.labelmap, result.laterality)
-    found = [f"{s['segment']} {s['volume_ml']:.1f} ml" for s in stats["segments"] if s["segment"] not in result.not_found]
+    absent = set(result.not_found) | set(getattr(result, "not_segmented", []))
+    found = [f"{s['segment']} {s['volume_ml']:.1f} ml" for s in stats["segments"] if s["segment"] not in absent]
     parts = [", ".join(found) or "no bone found", f"{result.laterality} knee" if result.laterality else "side unknown"]
     if result.not_found:
         parts.append("not found: " + ", ".join(result.not_found))
+    if getattr(result, "not_segmented", None):
+        parts.append("not segmented by this model: " + ", ".join(result.not_segmented))
     return "; ".join(parts)

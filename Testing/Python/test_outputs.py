@@ -118,7 +118,7 @@ def test_segment_writes_labelmap_table_and_statistics(tiny_model, knee_file, tmp
                  "--model", str(tiny_model), "--no-n4", "-q"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "right knee" in printed and "not found: Patella" in printed
+    assert "right knee" in printed and "not segmented by this model: Patella" in printed
     json_path, ctbl_path = label_table_paths(out / "k.nii.gz")
     table = json.loads(json_path.read_text())
     assert [e["name"] for e in table["labels"]] == [b.name for b in BONES] and table["laterality"] == "right"
