@@ -55,6 +55,8 @@ from trainer.generator import Generator, Sample  # noqa: E402
 
 CASE_OFFSET_MM = 10.0  # case windows centred within ±this of the joint (as the trainer's evaluation)
 SEED_PROBE, SEED_TRAIN, SEED_TEST, SEED_OTHER, SEED_RANDOM = 1000, 2000, 3000, 4000, 5000
+# Shape-model knees (ids from trainer.shapemodel) are hundreds; "other anatomy" means the few real label maps.
+SHAPE_MODEL_PREFIX = "llp26_"
 
 
 class FixedContrastGenerator(Generator):
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-train", type=int, default=4, help="corrected cases")
     p.add_argument("--n-test", type=int, default=6, help="other cases of that contrast, for before/after")
     p.add_argument("--n-other", type=int, default=3, help="renders per training map with that contrast")
+    p.add_argument("--other-maps", default="",
+                   help="map ids for 'other anatomy' (default: the real maps, not the shape-model draws)")
     p.add_argument("--n-random", type=int, default=4, help="held-out renders with random contrasts")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--trainer-arg", action="append", default=[], metavar="ARG",
@@ -194,7 +198,9 @@ def main(argv=None) -> int:
 
     # 4. before / after
     test = render(fixed, held, a.n_test, SEED_TEST)
-    others = [s for i, m in enumerate(maps) if i != held for s in render(fixed, i, a.n_other, SEED_OTHER + i)]
+    wanted = set(a.other_maps.split(",")) if a.other_maps else {m.id for m in maps if not m.id.startswith(SHAPE_MODEL_PREFIX)}
+    others = [s for i, m in enumerate(maps) if i != held and m.id in wanted
+              for s in render(fixed, i, a.n_other, SEED_OTHER + i)]
     randoms = render(random_gen, held, a.n_random, SEED_RANDOM)
     rows = {}
     for name, samples in (("target: held-out map, that contrast, other cases", test),

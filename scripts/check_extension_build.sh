@@ -56,7 +56,7 @@ from pathlib import Path
 
 modules, repo = Path(sys.argv[1]), Path(sys.argv[2])
 sys.path.insert(0, str(modules))
-from KneeSegmentationLib import children, modelfile, resources
+from KneeSegmentationLib import children, paths, resources
 
 installed = {p.relative_to(modules.parent).as_posix() for p in modules.parent.rglob("*")
              if p.is_file() and p.suffix != ".pyc"}
@@ -69,7 +69,7 @@ expected |= {p.relative_to(repo).as_posix() for d in ("Resources", "trainer") fo
 assert installed == expected, f"missing: {sorted(expected - installed)}; extra: {sorted(installed - expected)}"
 assert resources.ui_file().is_file() and resources.icon_file().is_file()
 assert resources.knee_sample().path.is_file()
-assert modelfile.bundled_models_root() == modules.parent / "Resources" / "Models"
+assert paths.bundled_models_root() == modules.parent / "Resources" / "Models"
 assert children.trainer_parent() == modules.parent
 print(f"OK: {len(installed)} files installed with the source tree's layout under {modules.parent.name}/")
 EOF
