@@ -28,30 +28,14 @@ from KneeSegmentationLib.files import write_text_atomically
 from KneeSegmentationLib.infer import predict_probabilities
 from KneeSegmentationLib.metrics import (dice, expected_calibration_error, hd95, mean_surface_distance,
                                          volume_error)
-from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
 from KneeSegmentationLib.modelstore import LoadedModel, load_model
-from KneeSegmentationLib.network import UNet3D, config_of_state
 
-from .config import TrainConfig
 from .dataset import load_dataset
 from .generator import Generator, Sample
+from .runfolder import best_model
 
 CASE_OFFSET_MM = 10.0  # rendered cases: window centred within ±this of the joint centre (like the pipeline)
 METRIC_NAMES = ("dice", "hd95_mm", "msd_mm", "volume_error", "ece")
-
-
-def model_from_run(run: Path) -> LoadedModel:
-    """The best weights of a run folder as a ``LoadedModel`` (evaluation before export)."""
-    from .runfolder import BEST, load_checkpoint
-
-    cfg = TrainConfig.load(Path(run) / "config.json")
-    state = load_checkpoint(Path(run) / BEST)["model"]
-    net_cfg = config_of_state(state)
-    net = UNet3D(net_cfg)
-    net.load_state_dict(state)
-    card = ModelCard(name="run", version=0, network=net_cfg,
-                     preprocessing=Preprocessing((cfg.spacing_mm,) * 3, tuple(cfg.patch), "LPS", dict(cfg.normalization)))
-    return LoadedModel(card, net.eval(), Path(run))
 
 
 def bone_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx, label: int) -> dict:
@@ -63,7 +47,7 @@ def bone_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx, label: int) -
 def rendered_cases(maps, model: LoadedModel, n: int, seed: int) -> list[Sample]:
     """``n`` cases per evaluated map (val maps, and the fibula map), fixed by ``seed``."""
     pre = model.card.preprocessing
-    generator = Generator(maps, pre.spacing_mm[0], tuple(pre.patch_size), pre.normalization)
+    generator = Generator(maps, pre.spacing_mm, tuple(pre.patch_size), pre.normalization)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     chosen = [i for i, m in enumerate(maps) if m.role == "val" or m.has_fibula]
     out = []
@@ -213,7 +197,7 @@ def evaluate(model_path: Path | None, dataset: Path, out_dir: Path, run: Path | 
     """Runs the evaluation and writes ``out_dir``: cases.csv, dice.png, previews.png, echoes, metrics.json."""
     if (model_path is None) == (run is None):
         raise DatasetError("evaluate needs exactly one of --model (a model folder) or --run-dir (a run folder)")
-    model = model_from_run(run) if run is not None else load_model(model_path)
+    model = best_model(run) if run is not None else load_model(model_path)  # before export: the run's best.pt
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     maps = load_dataset(Path(dataset))
