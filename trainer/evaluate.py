@@ -6,7 +6,8 @@ Three kinds of evidence:
    calibration error (over the voxels inside the image). Femur/Tibia are held out as anatomy (the ``val``
    maps); the Fibula exists in one map only, which is also a training map: its figures measure unseen
    contrasts and deformations, not unseen anatomy.
-2. Corrected cases (if given): the whole pipeline (``run_segmentation``) in the case's own geometry.
+2. Corrected cases (if given): the whole pipeline (``run_segmentation``) in the case's own geometry, scored by
+   ``KneeSegmentationLib.scoring`` like retraining's comparison (plus surface distances and volume error).
 3. The real multi-echo series (no labels): the pipeline on each echo; the same bones must come out at every
    echo (pairwise Dice per bone), plus a PNG of the result at every echo to look at.
 """
@@ -26,9 +27,9 @@ from KneeSegmentationLib.constants import BONES
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import write_text_atomically
 from KneeSegmentationLib.infer import predict_probabilities
-from KneeSegmentationLib.metrics import (dice, expected_calibration_error, hd95, mean_surface_distance,
-                                         volume_error)
+from KneeSegmentationLib.metrics import bone_metrics, dice, expected_calibration_error
 from KneeSegmentationLib.modelstore import LoadedModel, load_model
+from KneeSegmentationLib.scoring import ScoringCase, score_cases
 
 from .dataset import load_dataset
 from .generator import Generator, Sample
@@ -36,12 +37,6 @@ from .runfolder import best_model
 
 CASE_OFFSET_MM = 10.0  # rendered cases: window centred within ±this of the joint centre (like the pipeline)
 METRIC_NAMES = ("dice", "hd95_mm", "msd_mm", "volume_error", "ece")
-
-
-def bone_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx, label: int) -> dict:
-    p, t = pred == label, truth == label
-    return {"dice": dice(p, t), "hd95_mm": hd95(p, t, spacing_zyx), "msd_mm": mean_surface_distance(p, t, spacing_zyx),
-            "volume_error": volume_error(p, t)}
 
 
 def rendered_cases(maps, model: LoadedModel, n: int, seed: int) -> list[Sample]:
@@ -78,19 +73,13 @@ def evaluate_rendered(model: LoadedModel, samples: list[Sample]) -> tuple[list[d
 
 
 def evaluate_cases(model: LoadedModel, cases_dir: Path) -> list[dict]:
-    from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
-
+    """The corrected cases (checked by ``load_cases``) scored as retraining scores them (``score_cases``), with
+    the surface distances and volume error too; one row per case and bone."""
     from .cases import load_cases
 
-    rows = []
-    for case in load_cases(cases_dir):
-        result = run_segmentation(case.image, SegmentationSettings(model=model, device="cpu"))
-        pred, truth = sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(case.label)
-        for b in BONES:
-            if (truth == b.label).any():
-                rows.append({"source": "corrected case", "case": case.id, "map": case.id, "bone": b.name,
-                             **bone_metrics(pred, truth, case.image.GetSpacing()[::-1], b.label), "ece": math.nan})
-    return rows
+    cases = [ScoringCase(c.id, c.image, sitk.GetArrayFromImage(c.label)) for c in load_cases(cases_dir)]
+    return [{"source": "corrected case", "case": s.case, "map": s.case, "bone": bone, **m, "ece": math.nan}
+            for s in score_cases(model, cases, device="cpu", n4=True, surface=True) for bone, m in s.bones.items()]
 
 
 def echo_consistency(model: LoadedModel, dicom_dir: Path, out_dir: Path, max_echoes: int = 0) -> dict:
