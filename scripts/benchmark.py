@@ -174,16 +174,15 @@ def timing_model(features: str, spacing: float, patch: int, root: Path) -> Path:
     """A model of the given size with random weights: pipeline timing does not depend on the weights."""
     import torch
 
-    from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
+    from KneeSegmentationLib.modelcard import ModelCard, ModelPlan, Preprocessing
     from KneeSegmentationLib.modelstore import save_model
-    from KneeSegmentationLib.network import UNet3D, UNetConfig
+    from KneeSegmentationLib.network import UNetConfig, build_network
 
     torch.manual_seed(0)
     config = UNetConfig(features=tuple(int(f) for f in features.split(",")))
-    card = ModelCard(name="timing-only", version=0, network=config,
-                     preprocessing=Preprocessing((spacing,) * 3, (patch,) * 3),
+    card = ModelCard(name="timing-only", version=0, plan=ModelPlan(config, Preprocessing((spacing,) * 3, (patch,) * 3)),
                      description="Random weights, for benchmarking speed only; segments nothing.")
-    return save_model(UNet3D(config).eval(), card, root)
+    return save_model(build_network(card.plan).eval(), card, root)
 
 
 def run_child(case: str, args: argparse.Namespace, model: str | None) -> dict:

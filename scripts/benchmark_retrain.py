@@ -104,9 +104,9 @@ def dice_table(model: LoadedModel, samples: list[Sample]) -> dict:
     return out
 
 
-def as_image(s: Sample, spacing: float) -> tuple[sitk.Image, sitk.Image]:
+def as_image(s: Sample, spacing: tuple[float, float, float]) -> tuple[sitk.Image, sitk.Image]:
     """A rendered window as an image + labelmap with geometry (identity direction on the model grid)."""
-    grid = model_grid_around(s.params["center"], (spacing,) * 3, s.image.shape[::-1])
+    grid = model_grid_around(s.params["center"], spacing, s.image.shape[::-1])
     image = sitk.GetImageFromArray((s.image * 1000).astype(np.float32))
     image.CopyInformation(grid)
     labels = sitk.GetImageFromArray(s.target.astype(np.uint8))
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     if a.heldout_map not in ids:
         raise SystemExit(f"map {a.heldout_map!r} not in the dataset ({ids})")
     held = ids.index(a.heldout_map)
-    spacing, window = float(pre.spacing_mm[0]), tuple(pre.patch_size)
+    spacing, window = pre.spacing_mm, tuple(pre.patch_size)
     random_gen = Generator(maps, spacing, window, pre.normalization)
 
     # 1. the contrast the model does worst on

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 from KneeSegmentationLib.errors import KneeSegError
+from KneeSegmentationLib.plan import per_axis_spacing
+from KneeSegmentationLib.runcontract import CONFIG_FILE, LAST
 
 from .config import TrainConfig
 
@@ -25,13 +27,22 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in text.split(","))
 
 
+def _spacing(text: str) -> tuple[float, float, float]:
+    """``1.5`` (isotropic) or ``1.5,1.5,3`` (x, y, z), in mm."""
+    try:
+        return per_axis_spacing(tuple(float(t) for t in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one spacing or three (x,y,z), e.g. 1.5 or 1.5,1.5,3") from None
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--dataset", required=True, type=Path, help="folder written by `prepare`")
     p.add_argument("--run-dir", dest="run", required=True, type=Path,
                    help="run folder (checkpoints, logs); resumes if present")
     p.add_argument("--features", type=_ints, default=d.features, help="U-Net widths, e.g. 8,16,32,64")
-    p.add_argument("--spacing", type=float, default=d.spacing_mm, help="model grid spacing (mm)")
+    p.add_argument("--spacing", type=_spacing, default=d.spacing_mm,
+                   help="model grid spacing (mm): one number, or three (x,y,z) e.g. 1.5,1.5,3")
     p.add_argument("--patch", type=_ints, default=d.patch, help="inference window (voxels), e.g. 96,96,96")
     p.add_argument("--crop", type=_ints, default=d.crop, help="training sample size (voxels)")
     p.add_argument("--batch", type=int, default=d.batch, help="samples per step")
@@ -105,7 +116,7 @@ def cmd_preview(a: argparse.Namespace) -> None:
     maps = load_dataset(a.dataset, ("train",))
     generator = Generator(maps, a.spacing, a.crop)
     samples, speed = measure_speed(generator, a.n, a.seed)
-    print(f"generator: {speed:.2f} samples/s ({'x'.join(map(str, a.crop))} at {a.spacing} mm, "
+    print(f"generator: {speed:.2f} samples/s ({'x'.join(map(str, a.crop))} at {'x'.join(map(str, a.spacing))} mm, "
           f"torch threads {torch.get_num_threads()})")
     print(f"preview written to {draw_samples(samples, a.out, f'{a.n} samples, seed {a.seed}')}")
 
@@ -117,12 +128,10 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.init_model:
         from KneeSegmentationLib.modelcard import read_card
 
-        card = read_card(a.init_model)  # the network and window come from the model; the classes may grow
-        cfg.init_model, cfg.features, cfg.patch = str(a.init_model), tuple(card.network.features), \
-            tuple(card.preprocessing.patch_size)
-        cfg.spacing_mm, cfg.normalization = float(card.preprocessing.spacing_mm[0]), dict(card.preprocessing.normalization)
-    if not a.fresh and (a.run / "config.json").is_file() and (a.run / "last.pt").is_file():
-        cfg = TrainConfig.load(a.run / "config.json")
+        cfg.init_model = str(a.init_model)
+        cfg.take_plan(read_card(a.init_model).plan)  # the model's network and preprocessing; classes may grow
+    if not a.fresh and (a.run / CONFIG_FILE).is_file() and (a.run / LAST).is_file():
+        cfg = TrainConfig.load(a.run / CONFIG_FILE)
         cfg.max_minutes, cfg.steps = a.max_minutes or cfg.max_minutes, max(cfg.steps, a.steps)
     train(cfg, resume=not a.fresh)
 
@@ -187,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("preview.png"), help="PNG to write")
     p.add_argument("--n", type=int, default=6, help="samples to draw")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--spacing", type=float, default=TrainConfig.spacing_mm, help="grid spacing (mm)")
+    p.add_argument("--spacing", type=_spacing, default=TrainConfig.spacing_mm,
+                   help="grid spacing (mm): one number, or three (x,y,z)")
     p.add_argument("--crop", type=_ints, default=TrainConfig().crop, help="sample size (voxels)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.set_defaults(func=cmd_preview)

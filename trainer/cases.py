@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,6 +18,7 @@ from KneeSegmentationLib.cases import IMAGE_FILE, LABEL_FILE, META_FILE, geometr
 from KneeSegmentationLib.constants import NUM_CLASSES
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import read_json_object
+from KneeSegmentationLib.plan import per_axis_spacing
 from KneeSegmentationLib.preprocess import model_grid_around, prepare_input, resample_to_grid
 
 from .generator import Sample
@@ -77,8 +79,10 @@ def load_cases(folder: Path) -> list[Case]:
 class CaseSampler:
     """Random crops of corrected cases on the model grid, prepared exactly like at inference."""
 
-    def __init__(self, cases: list[Case], spacing: float, crop: tuple[int, int, int], normalization: dict) -> None:
-        self.cases, self.spacing, self.crop, self.normalization = cases, float(spacing), tuple(crop), normalization
+    def __init__(self, cases: list[Case], spacing: float | Sequence[float], crop: tuple[int, int, int],
+                 normalization: dict) -> None:
+        self.cases, self.crop, self.normalization = cases, tuple(crop), normalization
+        self.spacing = per_axis_spacing(spacing)  # x, y, z, like a plan's
         self._bone_centers = []
         for c in cases:
             idx = np.argwhere(sitk.GetArrayViewFromImage(c.label) > 0).mean(axis=0)[::-1]
@@ -88,7 +92,7 @@ class CaseSampler:
         i = int(rng.integers(len(self.cases)))
         case = self.cases[i]
         center = self._bone_centers[i] + rng.uniform(-CASE_CENTER_JITTER_MM, CASE_CENTER_JITTER_MM, 3)
-        grid = model_grid_around(center, (self.spacing,) * 3, self.crop[::-1])  # sitk size is (x, y, z)
+        grid = model_grid_around(center, self.spacing, self.crop[::-1])  # sitk size is (x, y, z)
         image = prepare_input(case.image, grid, self.normalization)
         label = sitk.GetArrayFromImage(resample_to_grid(case.label, grid, sitk.sitkNearestNeighbor, 0))
         label = label.astype(np.int64)

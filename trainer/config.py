@@ -1,9 +1,18 @@
-"""The settings of a training run, one dataclass saved as ``config.json`` in the run folder (resume reads it)."""
+"""The settings of a training run, one dataclass saved as ``config.json`` in the run folder (resume reads it).
+
+The fields are the command line's; the model they describe is ``plan()`` (a ``ModelPlan``: network,
+preprocessing, labels), which is what training, export and evaluation use. A run continuing a model takes that
+model's plan (``take_plan``) instead of its own network and preprocessing options.
+"""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from KneeSegmentationLib.constants import NUM_CLASSES
+from KneeSegmentationLib.netconfig import UNetConfig
+from KneeSegmentationLib.plan import ModelPlan, Preprocessing, per_axis_spacing
 
 from .losses import DEFAULT_CLASS_WEIGHTS
 
@@ -13,7 +22,7 @@ class TrainConfig:
     dataset: str = ""
     run_dir: str = ""
     features: tuple[int, ...] = (8, 16, 32, 64)
-    spacing_mm: float = 1.5  # model grid (inference spacing)
+    spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)  # model grid (x, y, z; inference spacing)
     patch: tuple[int, int, int] = (96, 96, 96)  # inference window; validation cases use it too
     crop: tuple[int, int, int] = (64, 64, 64)  # training sample size
     batch: int = 2
@@ -44,6 +53,28 @@ class TrainConfig:
     cases: str = ""  # folder of corrected cases
     case_fraction: float = 0.5  # share of each batch taken from corrected cases
 
+    def __post_init__(self) -> None:
+        # JSON gives lists; a run folder written before per-axis spacings holds one number (isotropic).
+        self.spacing_mm = per_axis_spacing(self.spacing_mm)
+        self.features = tuple(int(f) for f in self.features)
+        self.patch = tuple(int(p) for p in self.patch)
+        self.crop = tuple(int(c) for c in self.crop)
+        self.class_weights = tuple(float(w) for w in self.class_weights)
+
+    def plan(self) -> ModelPlan:
+        """The model this run trains: every class (the synthetic images label every bone), on ``LPS`` axes."""
+        return ModelPlan(UNetConfig(in_channels=1, out_channels=NUM_CLASSES, features=self.features),
+                         Preprocessing(self.spacing_mm, self.patch, "LPS", dict(self.normalization)))
+
+    def take_plan(self, plan: ModelPlan) -> None:
+        """Continues a model: its network widths and preprocessing replace this run's options (its classes may
+        grow to every bone, see ``plan()``)."""
+        pre = plan.preprocessing
+        if pre.orientation != "LPS":
+            raise ValueError(f"cannot train on a {pre.orientation!r} grid (the trainer renders LPS grids)")
+        self.features, self.spacing_mm, self.patch = tuple(plan.network.features), pre.spacing_mm, pre.patch_size
+        self.normalization = dict(pre.normalization)
+
     def save(self, path: Path) -> None:
         tmp = Path(path).with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
@@ -53,9 +84,4 @@ class TrainConfig:
     def load(cls, path: Path) -> "TrainConfig":
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         known = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in data.items() if k in known})
-        cfg.features = tuple(cfg.features)
-        cfg.patch = tuple(cfg.patch)
-        cfg.crop = tuple(cfg.crop)
-        cfg.class_weights = tuple(cfg.class_weights)
-        return cfg
+        return cls(**{k: v for k, v in data.items() if k in known})

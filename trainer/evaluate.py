@@ -6,7 +6,8 @@ Three kinds of evidence:
    calibration error (over the voxels inside the image). Femur/Tibia are held out as anatomy (the ``val``
    maps); the Fibula exists in one map only, which is also a training map: its figures measure unseen
    contrasts and deformations, not unseen anatomy.
-2. Corrected cases (if given): the whole pipeline (``run_segmentation``) in the case's own geometry.
+2. Corrected cases (if given): the whole pipeline (``run_segmentation``) in the case's own geometry, scored by
+   ``KneeSegmentationLib.scoring`` like retraining's comparison (plus surface distances and volume error).
 3. The real multi-echo series (no labels): the pipeline on each echo; the same bones must come out at every
    echo (pairwise Dice per bone), plus a PNG of the result at every echo to look at.
 """
@@ -26,44 +27,22 @@ from KneeSegmentationLib.constants import BONES
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import write_text_atomically
 from KneeSegmentationLib.infer import predict_probabilities
-from KneeSegmentationLib.metrics import (dice, expected_calibration_error, hd95, mean_surface_distance,
-                                         volume_error)
-from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
+from KneeSegmentationLib.metrics import bone_metrics, dice, expected_calibration_error
 from KneeSegmentationLib.modelstore import LoadedModel, load_model
-from KneeSegmentationLib.network import UNet3D, config_of_state
+from KneeSegmentationLib.scoring import ScoringCase, score_cases
 
-from .config import TrainConfig
 from .dataset import load_dataset
 from .generator import Generator, Sample
+from .runfolder import best_model
 
 CASE_OFFSET_MM = 10.0  # rendered cases: window centred within ±this of the joint centre (like the pipeline)
 METRIC_NAMES = ("dice", "hd95_mm", "msd_mm", "volume_error", "ece")
 
 
-def model_from_run(run: Path) -> LoadedModel:
-    """The best weights of a run folder as a ``LoadedModel`` (evaluation before export)."""
-    from .runfolder import BEST, load_checkpoint
-
-    cfg = TrainConfig.load(Path(run) / "config.json")
-    state = load_checkpoint(Path(run) / BEST)["model"]
-    net_cfg = config_of_state(state)
-    net = UNet3D(net_cfg)
-    net.load_state_dict(state)
-    card = ModelCard(name="run", version=0, network=net_cfg,
-                     preprocessing=Preprocessing((cfg.spacing_mm,) * 3, tuple(cfg.patch), "LPS", dict(cfg.normalization)))
-    return LoadedModel(card, net.eval(), Path(run))
-
-
-def bone_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx, label: int) -> dict:
-    p, t = pred == label, truth == label
-    return {"dice": dice(p, t), "hd95_mm": hd95(p, t, spacing_zyx), "msd_mm": mean_surface_distance(p, t, spacing_zyx),
-            "volume_error": volume_error(p, t)}
-
-
 def rendered_cases(maps, model: LoadedModel, n: int, seed: int) -> list[Sample]:
     """``n`` cases per evaluated map (val maps, and the fibula map), fixed by ``seed``."""
     pre = model.card.preprocessing
-    generator = Generator(maps, pre.spacing_mm[0], tuple(pre.patch_size), pre.normalization)
+    generator = Generator(maps, pre.spacing_mm, tuple(pre.patch_size), pre.normalization)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     chosen = [i for i, m in enumerate(maps) if m.role == "val" or m.has_fibula]
     out = []
@@ -94,19 +73,13 @@ def evaluate_rendered(model: LoadedModel, samples: list[Sample]) -> tuple[list[d
 
 
 def evaluate_cases(model: LoadedModel, cases_dir: Path) -> list[dict]:
-    from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
-
+    """The corrected cases (checked by ``load_cases``) scored as retraining scores them (``score_cases``), with
+    the surface distances and volume error too; one row per case and bone."""
     from .cases import load_cases
 
-    rows = []
-    for case in load_cases(cases_dir):
-        result = run_segmentation(case.image, SegmentationSettings(model=model, device="cpu"))
-        pred, truth = sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(case.label)
-        for b in BONES:
-            if (truth == b.label).any():
-                rows.append({"source": "corrected case", "case": case.id, "map": case.id, "bone": b.name,
-                             **bone_metrics(pred, truth, case.image.GetSpacing()[::-1], b.label), "ece": math.nan})
-    return rows
+    cases = [ScoringCase(c.id, c.image, sitk.GetArrayFromImage(c.label)) for c in load_cases(cases_dir)]
+    return [{"source": "corrected case", "case": s.case, "map": s.case, "bone": bone, **m, "ece": math.nan}
+            for s in score_cases(model, cases, device="cpu", n4=True, surface=True) for bone, m in s.bones.items()]
 
 
 def echo_consistency(model: LoadedModel, dicom_dir: Path, out_dir: Path, max_echoes: int = 0) -> dict:
@@ -213,7 +186,7 @@ def evaluate(model_path: Path | None, dataset: Path, out_dir: Path, run: Path | 
     """Runs the evaluation and writes ``out_dir``: cases.csv, dice.png, previews.png, echoes, metrics.json."""
     if (model_path is None) == (run is None):
         raise DatasetError("evaluate needs exactly one of --model (a model folder) or --run-dir (a run folder)")
-    model = model_from_run(run) if run is not None else load_model(model_path)
+    model = best_model(run) if run is not None else load_model(model_path)  # before export: the run's best.pt
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     maps = load_dataset(Path(dataset))

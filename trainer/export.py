@@ -19,12 +19,12 @@ from KneeSegmentationLib.files import write_text_atomically
 from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
 from KneeSegmentationLib.paths import bundled_models_root
 from KneeSegmentationLib.modelstore import save_model
-from KneeSegmentationLib.network import UNet3D, config_of_state, count_parameters
+from KneeSegmentationLib.network import count_parameters
 
 from . import ranges
 from .config import TrainConfig
 from .dataset import read_manifest
-from .runfolder import BEST, CONFIG_FILE, LAST, TRAIN_LOG, load_checkpoint
+from .runfolder import BEST, CONFIG_FILE, LAST, TRAIN_LOG, best_model, load_checkpoint
 
 MODEL_CARD_MD = "MODEL_CARD.md"
 
@@ -105,13 +105,8 @@ def export(run: Path, root: Path | None = None, name: str = "knee-bones", versio
     """Writes the best weights of ``run`` as ``root/name/vN`` and returns the folder; ``benchmark_dir``
     (a ``python -m trainer benchmark`` output of these weights) records the benchmark in the card."""
     run = Path(run)
-    if not (run / BEST).is_file() or not (run / CONFIG_FILE).is_file():
-        raise DatasetError(f"{run} is not a finished training run (no {BEST} or config.json)")
-    cfg = TrainConfig.load(run / CONFIG_FILE)
-    state = load_checkpoint(run / BEST)["model"]
-    net_cfg = config_of_state(state)
-    net = UNet3D(net_cfg)
-    net.load_state_dict(state)
+    best = best_model(run)  # the network of the run's plan, holding its best weights
+    cfg, net = TrainConfig.load(run / CONFIG_FILE), best.network
     metrics = {}
     if eval_dir is not None:
         path = Path(eval_dir) / "metrics.json"
@@ -123,14 +118,20 @@ def export(run: Path, root: Path | None = None, name: str = "knee-bones", versio
     training = run_summary(run, cfg)
     training["parameters"] = count_parameters(net)
     card = ModelCard(
-        name=name, version=0, network=net_cfg, parent=parent,
-        preprocessing=Preprocessing((cfg.spacing_mm,) * 3, tuple(cfg.patch), "LPS", dict(cfg.normalization)),
+        name=name, version=0, plan=best.card.plan, parent=parent,
         description=description or "Femur, Tibia, Fibula and Patella in knee MRI of any contrast and orientation; "
                                    "3D U-Net trained on images synthesized from real label maps.",
         training=training, metrics=metrics)
     out = save_model(net.eval(), card, root if root is not None else bundled_models_root(), version)
     write_model_card_md(out, card, notes)
     return out
+
+
+def _grid(pre: Preprocessing) -> str:
+    """``"isotropic 1.5 mm grid"``, or ``"1.5 x 1.5 x 3.0 mm (x, y, z) grid"`` for a per-axis spacing."""
+    if pre.isotropic:
+        return f"isotropic {pre.spacing_mm[0]} mm grid"
+    return f"{' x '.join(str(s) for s in pre.spacing_mm)} mm (x, y, z) grid"
 
 
 def _fmt(v) -> str:
@@ -143,7 +144,7 @@ def write_model_card_md(folder: Path, card: ModelCard, notes: str = "") -> Path:
     lines = [f"# {card.name} v{card.version}", "", card.description, "",
              f"- Network: {card.network.arch}, features {list(card.network.features)}, "
              f"{t.get('parameters', '?')} parameters",
-             f"- Input: isotropic {card.preprocessing.spacing_mm[0]} mm grid along the patient (LPS) axes, "
+             f"- Input: {_grid(card.preprocessing)} along the patient (LPS) axes, "
              f"window {list(card.preprocessing.patch_size)} voxels, normalization {card.preprocessing.normalization}",
              f"- Training: {t.get('steps')} steps (best at {t.get('best_step')}), {t.get('training_time_min')} min, "
              f"{t.get('mean_s_per_step')} s/step on {t.get('hardware')}",

@@ -27,12 +27,8 @@ def finetune(model_dir: Path, cases_dir: Path, cfg: TrainConfig, root: Path | No
              resume: bool = True, log=print) -> Path:
     parent = load_model(model_dir)  # checks the parent before any work
     load_cases(cases_dir)  # fails early on a malformed case
-    pre = parent.card.preprocessing
     cfg.init_model, cfg.cases = str(model_dir), str(cases_dir)
-    cfg.features = tuple(parent.card.network.features)
-    cfg.spacing_mm = float(pre.spacing_mm[0])
-    cfg.patch = tuple(pre.patch_size)
-    cfg.normalization = dict(pre.normalization)
+    cfg.take_plan(parent.card.plan)  # network and preprocessing are the parent's
     summary = train(cfg, resume=resume, log=log)
     log(f"fine-tuning finished: {summary}")
     root = Path(root) if root is not None else user_models_root()

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from KneeSegmentationLib.errors import InputError
+from KneeSegmentationLib.plan import per_axis_spacing
 from KneeSegmentationLib.preprocess import normalize
 
 from . import ranges as R
@@ -89,22 +91,24 @@ def map_probabilities(maps: list[LabelMap]) -> np.ndarray:
 class Generator:
     """Renders training samples from prepared label maps on a model grid of ``spacing`` mm.
 
+    ``spacing`` is one number (isotropic) or three in the grid's (x, y, z) order, as a model's plan gives it;
     ``crop`` is the sample size in voxels (z, y, x). Randomness comes only from the ``np.random.Generator``
     and ``torch.Generator`` passed to ``sample``, so a seed fixes every sample.
     """
 
-    def __init__(self, maps: list[LabelMap], spacing: float, crop: tuple[int, int, int],
+    def __init__(self, maps: list[LabelMap], spacing: float | Sequence[float], crop: tuple[int, int, int],
                  normalization: dict | None = None, bone_crop_p: float = R.BONE_CROP_P) -> None:
         if not maps:
             raise ValueError("the generator needs at least one label map")
         self.maps = maps
-        self.spacing = float(spacing)
+        self.spacing = per_axis_spacing(spacing)  # x, y, z
+        self._spacing_zyx = self.spacing[::-1]  # along the array axes
         self.crop = tuple(int(c) for c in crop)
         self.normalization = dict(normalization or DEFAULT_NORMALIZATION)
         self.bone_crop_p = bone_crop_p
         self.map_p = map_probabilities(maps)
-        # Offsets (x, y, z order) of voxel positions of the fine and the model grid, centred on 0, in mm.
-        self._fine = [self._axis(n * SUPERSAMPLE, self.spacing / SUPERSAMPLE) for n in self.crop]
+        # Offsets (z, y, x order) of voxel positions of the fine output grid, centred on 0, in mm.
+        self._fine = [self._axis(n * SUPERSAMPLE, s / SUPERSAMPLE) for n, s in zip(self.crop, self._spacing_zyx)]
 
     @staticmethod
     def _axis(n: int, step: float) -> torch.Tensor:
@@ -219,11 +223,10 @@ class Generator:
 
     def _scanner(self, image: torch.Tensor, rng: np.random.Generator, gen: torch.Generator, params: dict) -> torch.Tensor:
         """Blur, bias, thick slices with noise at the acquired resolution, back to the grid, gamma."""
-        s = self.spacing
         sigma_mm = rng.uniform(*R.INPLANE_BLUR_SIGMA_MM)
         pv = PARTIAL_VOLUME_SIGMA_VOX if SUPERSAMPLE == 1 else 0.0
         for axis in range(3):
-            image = blur_axis(image, math.hypot(sigma_mm / s, pv), axis)
+            image = blur_axis(image, math.hypot(sigma_mm / self._spacing_zyx[axis], pv), axis)
         kb = R.BIAS_CONTROL_POINTS
         bias = torch.randn((1, 1, kb, kb, kb), generator=gen) * R.BIAS_STD
         image = image * torch.exp(F.interpolate(bias, size=image.shape[2:], mode="trilinear", align_corners=True))
@@ -231,6 +234,7 @@ class Generator:
         low = list(shape)
         if rng.random() < R.LOWRES_P:
             axis = int(rng.integers(3))
+            s = self._spacing_zyx[axis]
             spacing = rng.uniform(*R.SLICE_SPACING_MM)
             thickness = spacing * rng.uniform(*R.SLICE_THICKNESS_FRACTION)
             sigma = math.sqrt(max(thickness**2 - s**2, 0.0)) / 2.355 / s
@@ -264,7 +268,7 @@ class Generator:
         extent[slab_axis] = rng.uniform(*R.FOV_SLAB_MM)
         inside = torch.ones(shape, dtype=torch.bool)
         for xyz, n in zip(range(3), shape[::-1]):
-            u = self._axis(n, self.spacing).numpy()
+            u = self._axis(n, self.spacing[xyz]).numpy()
             ok = torch.from_numpy(np.abs(u - box_center[xyz]) <= extent[xyz] / 2)
             view = [1, 1, 1]
             view[2 - xyz] = n

@@ -7,7 +7,8 @@ best score and every rank's RNG state), ``best.pt`` (weights with the best valid
 killed run resumes from the last one, and hold only tensors, numbers and RNG states, so they load with
 ``torch.load(weights_only=True)``. After a resume the logs are cut back to the checkpoint's step, so they
 match the restored state. Creating a file named ``STOP`` in the folder ends the run cleanly at the next step.
-``result.json`` is written (atomically) when the run is over.
+``result.json`` is written (atomically) when the run is over. ``best_model`` reads ``best.pt`` back into the
+network of the run's plan (``config.json``), for ``evaluate`` and ``export``.
 """
 from __future__ import annotations
 
@@ -20,11 +21,17 @@ import numpy as np
 import torch
 
 from KneeSegmentationLib.constants import BONES
+from KneeSegmentationLib.errors import DatasetError
+from KneeSegmentationLib.modelcard import ModelCard
+from KneeSegmentationLib.modelstore import LoadedModel, state_mismatch
+from KneeSegmentationLib.network import build_network
 from KneeSegmentationLib.runcontract import BEST, CONFIG_FILE, LAST, RESULT_FILE, STOP_FILE, TRAIN_LOG, VAL_LOG
 
+from .config import TrainConfig
+
 __all__ = ["BEST", "CONFIG_FILE", "LAST", "RESULT_FILE", "STOP_FILE", "TRAIN_LOG", "VAL_LOG", "TRAIN_COLUMNS",
-           "VAL_COLUMNS", "rng_state", "set_rng_state", "atomic_save", "load_checkpoint", "rewrite_csv", "append_csv",
-           "plot_curves"]
+           "VAL_COLUMNS", "rng_state", "set_rng_state", "atomic_save", "load_checkpoint", "best_model", "rewrite_csv",
+           "append_csv", "plot_curves"]
 
 TRAIN_COLUMNS = ["step", "elapsed_s", "lr", "loss", "ce", "dice_loss", "s_per_step"]
 VAL_COLUMNS = ["step", *(f"dice_{b.name.lower()}" for b in BONES), "score"]
@@ -53,6 +60,24 @@ def atomic_save(obj, path: Path) -> None:
 def load_checkpoint(path: Path) -> dict:
     # Tensors, numbers and RNG states only: loads without unpickling arbitrary objects.
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def best_model(run_dir: Path) -> LoadedModel:
+    """``best.pt`` of a run folder in the network of the run's plan (``config.json``): the model ``evaluate``
+    measures and ``export`` writes (its card, named "run", holds only the plan). Weights that do not fit the
+    plan are refused (``DatasetError``) rather than fitted to a network read off the weights."""
+    run_dir = Path(run_dir)
+    for name in (BEST, CONFIG_FILE):
+        if not (run_dir / name).is_file():
+            raise DatasetError(f"{run_dir} is not a finished training run (no {name})")
+    plan = TrainConfig.load(run_dir / CONFIG_FILE).plan()
+    state = load_checkpoint(run_dir / BEST)["model"]
+    net = build_network(plan)
+    why = state_mismatch(net.state_dict(), state)
+    if why:
+        raise DatasetError(f"{run_dir / BEST} does not fit the network of the run's {CONFIG_FILE}: {why}")
+    net.load_state_dict(state)
+    return LoadedModel(ModelCard(name="run", version=0, plan=plan), net.eval(), run_dir)
 
 
 # ---------------------------------------------------------------------------------------------- logs

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from KneeSegmentationLib.runcontract import CONFIG_FILE
+
 from .config import TrainConfig
 
 CALIBRATION_STEPS = 30
@@ -69,4 +71,4 @@ def fit_budget(cfg: TrainConfig, d: Dist, step: int, elapsed_s: float, recent: l
     cfg.steps = max(step + 1, step + int(remaining / float(per_step) * VALIDATION_SHARE))
     recent.clear()
     if d.main:
-        cfg.save(run / "config.json")
+        cfg.save(run / CONFIG_FILE)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from KneeSegmentationLib.constants import BONES, NUM_CLASSES
 from KneeSegmentationLib.metrics import dice
 from KneeSegmentationLib.modelstore import load_model
-from KneeSegmentationLib.network import UNet3D, UNetConfig, with_classes
+from KneeSegmentationLib.network import UNet3D, build_network, with_classes
 from KneeSegmentationLib.runcontract import CONFIG_FILE, TRAIN_LOG, VAL_LOG, clear_result, write_result
 
 from .config import TrainConfig
@@ -140,15 +140,20 @@ def batches_from(source: BatchSource, cfg: TrainConfig, rank: int, start: int):
     return iter(loader)
 
 
-def build_network(cfg: TrainConfig) -> UNet3D:
-    """A new network of ``cfg``'s widths, or ``cfg.init_model``'s weights; a model made before the Patella
-    class gets a head grown to every class (``with_classes``), since the synthetic images label the patella."""
-    if cfg.init_model:
-        net = load_model(cfg.init_model).network
-        if net.config.out_channels < NUM_CLASSES:
-            net = with_classes(net, NUM_CLASSES)
-        return net.train()
-    return UNet3D(UNetConfig(in_channels=1, out_channels=NUM_CLASSES, features=tuple(cfg.features)))
+def starting_network(cfg: TrainConfig) -> UNet3D:
+    """The new network of ``cfg.plan()``, or ``cfg.init_model``'s weights (which ``cfg`` must have taken the plan
+    of, since export builds the result from ``cfg.plan()``); a model made before the Patella class gets a head
+    grown to every class (``with_classes``), since the synthetic images label the patella."""
+    plan = cfg.plan()
+    if not cfg.init_model:
+        return build_network(plan)
+    net = load_model(cfg.init_model).network
+    if net.config.out_channels < NUM_CLASSES:
+        net = with_classes(net, NUM_CLASSES)
+    if net.config != plan.network:
+        raise ValueError(f"the run's network {plan.network} is not its init model's {net.config}: "
+                         "the run must take the init model's plan (TrainConfig.take_plan)")
+    return net.train()
 
 
 def autocast(device: torch.device, cfg: TrainConfig):
@@ -197,17 +202,18 @@ def _train(cfg: TrainConfig, d: Dist, resume: bool, log) -> dict:
 
     maps = load_dataset(Path(cfg.dataset))
     train_maps = [m for m in maps if m.role == "train"]
-    generator = Generator(train_maps, cfg.spacing_mm, cfg.crop, cfg.normalization)
+    pre = cfg.plan().preprocessing
+    generator = Generator(train_maps, pre.spacing_mm, cfg.crop, pre.normalization)
     cases = None
     if cfg.cases:
         from .cases import CaseSampler, load_cases
 
-        cases = CaseSampler(load_cases(Path(cfg.cases)), cfg.spacing_mm, cfg.crop, cfg.normalization)
+        cases = CaseSampler(load_cases(Path(cfg.cases)), pre.spacing_mm, cfg.crop, pre.normalization)
     source = BatchSource(cfg, generator, cases)
-    val_samples = validation_samples(cfg, maps, Generator(maps, cfg.spacing_mm, cfg.patch, cfg.normalization)) \
+    val_samples = validation_samples(cfg, maps, Generator(maps, pre.spacing_mm, pre.patch_size, pre.normalization)) \
         if d.main else []
 
-    net = build_network(cfg).to(d.device)
+    net = starting_network(cfg).to(d.device)
     model = torch.nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(

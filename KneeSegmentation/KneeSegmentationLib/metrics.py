@@ -85,6 +85,18 @@ def volume_error(pred: np.ndarray, truth: np.ndarray) -> float:
     return (p - t) / t
 
 
+def bone_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float], label: int,
+                 surface: bool = True) -> dict[str, float]:
+    """One bone (``label``) of a predicted label map against the truth: Dice, and with ``surface`` the
+    HD95 and mean surface distance (mm) and the relative volume error, keyed as the evaluation reports list them."""
+    p, t = pred == label, truth == label
+    out = {"dice": dice(p, t)}
+    if surface:
+        out.update(hd95_mm=hd95(p, t, spacing_zyx), msd_mm=mean_surface_distance(p, t, spacing_zyx),
+                   volume_error=volume_error(p, t))
+    return out
+
+
 def expected_calibration_error(prob: np.ndarray, truth: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE of the top-class confidence: sum over confidence bins of |accuracy - confidence| x bin share.
 

@@ -1,8 +1,8 @@
 """The model card: a model version's JSON metadata (``model.json``), read and checked without torch.
 
 Layout of a version folder: ``<models root>/<name>/v<N>/`` holding ``model.safetensors`` and ``model.json``.
-The card records the labels, the exact preprocessing (spacing, patch size, normalization), the network
-hyper-parameters, the SHA-256 of the weights, training summary and validation metrics. Reading it, checking
+The card records the model's plan (``plan.ModelPlan``: labels, the exact preprocessing — per-axis spacing, patch
+size, normalization — and the network hyper-parameters), the SHA-256 of the weights, training summary and validation metrics. Reading it, checking
 the weights' checksum and describing the model (``format_metrics``, ``plain_summary``) need no torch, so
 ``kneeseg models``/``info``/``select`` start fast; ``modelstore`` loads and saves the weights themselves.
 """
@@ -17,9 +17,9 @@ from typing import Any
 from .constants import BONES, SUPPORTED_CLASS_COUNTS
 from .errors import ModelError
 from .files import read_json_object, sha256_of
-from .limits import check_model_card
 from .names import check_name, check_version, printable
 from .netconfig import UNetConfig
+from .plan import ModelPlan, Preprocessing  # noqa: F401 (Preprocessing: the card's ``input``, imported from here)
 
 FORMAT = "kneeseg-model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -31,42 +31,13 @@ PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")
 
 
 @dataclass
-class Preprocessing:
-    """How an image must be prepared before the network sees it; stored in the card under ``input``."""
-
-    spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
-    patch_size: tuple[int, int, int] = (96, 96, 96)
-    orientation: str = "LPS"  # the grid axes follow the patient axes (identity direction in ITK/LPS terms)
-    normalization: dict[str, float] = field(default_factory=lambda: {"lower_percentile": 1.0, "upper_percentile": 99.0})
-
-    def to_dict(self) -> dict:
-        return {
-            "spacing_mm": list(self.spacing_mm),
-            "patch_size": list(self.patch_size),
-            "orientation": self.orientation,
-            "normalization": dict(self.normalization),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(
-            spacing_mm=tuple(float(s) for s in d["spacing_mm"]),
-            patch_size=tuple(int(s) for s in d["patch_size"]),
-            orientation=str(d.get("orientation", "LPS")),
-            normalization={k: float(v) for k, v in d.get("normalization", {}).items()}
-            or {"lower_percentile": 1.0, "upper_percentile": 99.0},
-        )
-
-
-@dataclass
 class ModelCard:
-    """Everything about a model except its weights."""
+    """Everything about a model except its weights; what the model *is* (network, preprocessing, labels) is its
+    ``plan``, stored in the card's ``network``, ``input`` and ``labels`` fields."""
 
     name: str
     version: int
-    network: UNetConfig
-    preprocessing: Preprocessing
-    labels: dict[int, str] = field(default_factory=dict)  # empty: the network's classes, in ``BONES`` order
+    plan: ModelPlan
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     parent: str | None = None  # "name/vN" this model was fine-tuned from
     training: dict[str, Any] = field(default_factory=dict)
@@ -74,9 +45,17 @@ class ModelCard:
     description: str = ""
     weights_sha256: str = ""
 
-    def __post_init__(self) -> None:
-        if not self.labels:
-            self.labels = {b.label: b.name for b in BONES[: self.network.out_channels - 1]}
+    @property
+    def network(self) -> UNetConfig:
+        return self.plan.network
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.plan.preprocessing
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return self.plan.labels
 
     @property
     def tag(self) -> str:
@@ -90,9 +69,7 @@ class ModelCard:
             "created": self.created,
             "description": self.description,
             "parent": self.parent,
-            "labels": {str(k): v for k, v in sorted(self.labels.items())},
-            "network": self.network.to_dict(),
-            "input": self.preprocessing.to_dict(),
+            **self.plan.card_fields(),  # "labels", "network", "input"
             "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256},
             "training": self.training,
             "metrics": self.metrics,
@@ -105,13 +82,10 @@ class ModelCard:
         try:
             check_name(d["name"], "model name")
             check_version(d["version"])
-            check_model_card(d["input"]["spacing_mm"], d["input"]["patch_size"], d["network"]["features"])
             return cls(
                 name=str(d["name"]),
                 version=int(d["version"]),
-                network=UNetConfig.from_dict(d["network"]),
-                preprocessing=Preprocessing.from_dict(d["input"]),
-                labels={int(k): str(v) for k, v in d["labels"].items()},
+                plan=ModelPlan.from_card_fields(d),
                 created=str(d.get("created", "")),
                 parent=d.get("parent"),
                 training=dict(d.get("training", {})),

@@ -23,7 +23,7 @@ from .errors import ModelError
 from .files import TEMP_PREFIX, sha256_of, usual_permissions
 from .modelcard import CARD_FILE, WEIGHTS_FILE, ModelCard, refuse_pickles, verify_weights, versions_in
 from .names import check_name, check_version, printable
-from .network import UNet3D
+from .network import UNet3D, build_network
 
 
 @dataclass
@@ -51,7 +51,7 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelError(f"{weights}: not a valid safetensors file ({e})") from e
-    net = UNet3D(card.network)
+    net = build_network(card.plan)
     why = state_mismatch(net.state_dict(), state)
     if why:
         raise ModelError(f"{weights}: weights do not fit the network in the card: {why}")

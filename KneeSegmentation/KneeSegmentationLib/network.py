@@ -2,7 +2,9 @@
 
 The 2017 thesis used a 2D U-Net on 24-slice sagittal images; we use 3D convolutions on an isotropic,
 canonically oriented grid, so that the same weights serve sagittal, coronal and axial acquisitions. Its
-hyper-parameters live in the model file's metadata (``UNetConfig``), never hard-coded at the call site.
+hyper-parameters live in the model file's metadata (``UNetConfig``, part of the model's ``ModelPlan``), never
+hard-coded at the call site: training, export, evaluation and loading all build the network with
+``build_network(plan)``.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 from .netconfig import UNetConfig  # noqa: F401 (the network's hyper-parameters, torch-free)
+from .plan import ModelPlan
 
 
 NEW_CLASS_BIAS_MARGIN = 8.0  # logits below the old classes' smallest bias: softmax share ~e^-8
@@ -57,6 +60,12 @@ class UNet3D(nn.Module):
             x = up(x)
             x = dec(torch.cat([x, skips.pop()], dim=1))
         return self.head(x)
+
+
+def build_network(plan: ModelPlan) -> UNet3D:
+    """The (untrained) network of ``plan``: the one way a network comes into being, so a model trained,
+    exported, evaluated and loaded is the same network for the same plan."""
+    return UNet3D(plan.network)
 
 
 def with_classes(net: UNet3D, out_channels: int) -> UNet3D:

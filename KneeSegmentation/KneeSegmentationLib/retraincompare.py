@@ -1,6 +1,7 @@
 """Retraining's measurement: which corrected cases are held out, both models segmenting them, the per-bone Dice
 recorded in ``user_metrics.json`` beside each other, and whether the new version becomes the default. No Qt; torch
-only inside ``compare_on_cases`` (run in the comparison child).
+only inside ``compare_on_cases`` (run in the comparison child), whose scoring is ``scoring.score_cases``, the
+same as the trainer's evaluation of corrected cases.
 """
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .cases import IMAGE_FILE, LABEL_FILE
 from .constants import BONES
 from .files import write_text_atomically
 from .paths import user_models_root
+from .scoring import read_case_for_scoring, score_cases
 
 USER_METRICS_FILE = "user_metrics.json"
 HOLDOUT_EVERY = 4  # every 4th case (by name) is held out for the comparison; at least one if there are two
@@ -30,30 +31,23 @@ def split_cases(case_dirs: list[Path], holdout: bool) -> tuple[list[Path], list[
 
 def compare_on_cases(models: Sequence[Path], case_dirs: Sequence[Path], device: str = "auto",
                      n4: bool = True) -> list[dict]:
-    """Each model segments each case through the module's pipeline; per-bone Dice against the case's labels
-    (bones absent from a case's labels are not scored for it). Returns one summary per model."""
+    """Each model segments each case and is scored against the case's labels (``scoring.score_cases``: the
+    module's pipeline, Dice per bone present in the labels). Returns one summary per model: Dice per case and
+    bone (4 decimals), their mean per bone and the mean over the bones (``score``)."""
     import numpy as np
-    import SimpleITK as sitk
 
-    from .metrics import dice
     from .modelstore import load_model
-    from .pipeline import SegmentationSettings, run_segmentation
 
-    cases = [(Path(c).name, sitk.ReadImage(str(Path(c) / IMAGE_FILE), sitk.sitkFloat32),
-              sitk.GetArrayFromImage(sitk.ReadImage(str(Path(c) / LABEL_FILE)))) for c in case_dirs]
+    cases = [read_case_for_scoring(c) for c in case_dirs]
     out = []
     for model in models:
         loaded = load_model(model)
         per_bone: dict[str, list[float]] = {b.name: [] for b in BONES}
         per_case = []
-        for name, image, truth in cases:
-            result = run_segmentation(image, SegmentationSettings(model=loaded, device=device, n4=n4))
-            pred = sitk.GetArrayFromImage(result.labelmap)
-            row = {"case": name}
-            for b in BONES:
-                if (truth == b.label).any():
-                    row[b.name] = round(dice(pred == b.label, truth == b.label), 4)
-                    per_bone[b.name].append(row[b.name])
+        for scored in score_cases(loaded, cases, device, n4):
+            row = {"case": scored.case, **{bone: round(m["dice"], 4) for bone, m in scored.bones.items()}}
+            for bone in scored.bones:
+                per_bone[bone].append(row[bone])
             per_case.append(row)
         means = {k: round(float(np.mean(v)), 4) for k, v in per_bone.items() if v}
         out.append({"model": str(model), "tag": loaded.card.tag, "dice": means,

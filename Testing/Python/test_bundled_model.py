@@ -135,7 +135,7 @@ def test_dice_floor_on_a_held_out_rendered_case(model, tmp_path):
     m = LabelMap(entry["id"], "val", labels, np.array(image.GetOrigin()), entry["spacing_mm"],
                  np.array(entry["joint_center_lps"]), {}, entry)
     pre = model.card.preprocessing
-    gen = Generator([m], pre.spacing_mm[0], tuple(pre.patch_size), pre.normalization)
+    gen = Generator([m], pre.spacing_mm, tuple(pre.patch_size), pre.normalization)
     s = gen.sample(np.random.default_rng(11), torch.Generator().manual_seed(11), map_index=0, center=m.joint_center)
     prob, _, _ = predict_probabilities(model.network, s.image, pre.patch_size, torch.device("cpu"))
     pred = prob.argmax(0)

@@ -135,11 +135,11 @@ def test_c1_a_card_naming_a_path_is_refused_by_every_command(model_copy, knee, t
 
 
 def test_c1_save_model_never_writes_outside_its_root(tmp_path):
-    from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
+    from KneeSegmentationLib.modelcard import ModelCard, ModelPlan, Preprocessing
     from KneeSegmentationLib.network import UNet3D, UNetConfig
 
-    card = ModelCard(name=TRAVERSAL, version=1, network=UNetConfig(features=(4, 8)),
-                     preprocessing=Preprocessing((4.0,) * 3, (24,) * 3))
+    card = ModelCard(name=TRAVERSAL, version=1,
+                     plan=ModelPlan(UNetConfig(features=(4, 8)), Preprocessing((4.0,) * 3, (24,) * 3)))
     with pytest.raises(ModelError, match="invalid model name"):
         save_model(UNet3D(card.network), card, tmp_path / "root")
     assert not Path("/tmp/ESCAPED").exists() and not (tmp_path / "root").exists()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from KneeSegmentationLib.errors import ModelError
-from KneeSegmentationLib.modelcard import (CARD_FILE, WEIGHTS_FILE, ModelCard, Preprocessing, held_out_dice, plain_summary,
+from KneeSegmentationLib.modelcard import (CARD_FILE, WEIGHTS_FILE, ModelCard, ModelPlan, Preprocessing, held_out_dice, plain_summary,
                                           read_card)
 from KneeSegmentationLib.modelregistry import default_model, list_models
 from KneeSegmentationLib.modelstore import load_model, save_model
@@ -20,7 +20,7 @@ CONFIG = UNetConfig(features=(4, 8))
 
 
 def _card(name="m") -> ModelCard:
-    return ModelCard(name=name, version=0, network=CONFIG, preprocessing=Preprocessing())
+    return ModelCard(name=name, version=0, plan=ModelPlan(CONFIG, Preprocessing()))
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -128,8 +128,8 @@ def test_weights_that_do_not_fit_the_card_are_refused(tmp_path):
 
 def test_plain_summary_names_the_bones_the_data_and_the_held_out_dice_only():
     """One line for the panel and ``kneeseg info``: no map ids, and training maps' figures left out."""
-    card = ModelCard(name="knee-bones", version=3, network=UNetConfig(features=(4, 8), out_channels=5),
-                     preprocessing=Preprocessing(), training={
+    card = ModelCard(name="knee-bones", version=3, plan=ModelPlan(UNetConfig(features=(4, 8), out_channels=5)),
+                     training={
                          "data_source": "label maps of mskt and LLP26 draws; images synthesized",
                          "data": [{"id": "dess_fibula", "role": "train", "note": ""},
                                   {"id": "t2_left", "role": "val", "note": ""},
@@ -145,7 +145,7 @@ def test_plain_summary_names_the_bones_the_data_and_the_held_out_dice_only():
     assert line == ("Knee bones v3 — Femur, Tibia, Fibula, Patella; trained on synthetic MRI from real knee "
                     "anatomy; held-out Dice 0.93")
     assert not any(word in line for word in ("t2_left", "dess", "llp26", "/"))
-    tuned = ModelCard(name="knee-bones", version=4, network=CONFIG, preprocessing=Preprocessing(),
+    tuned = ModelCard(name="knee-bones", version=4, plan=ModelPlan(CONFIG),
                       parent="knee-bones/v3")
     assert held_out_dice(tuned) is None
     assert plain_summary(tuned).endswith("fine-tuned from knee bones v3 on corrected cases; "

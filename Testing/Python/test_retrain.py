@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from KneeSegmentationLib.cases import save_training_case
 from KneeSegmentationLib.files import sha256_of
-from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
+from KneeSegmentationLib.modelcard import ModelCard, ModelPlan, Preprocessing
 from KneeSegmentationLib.modelregistry import default_model, next_version, select_default_model
 from KneeSegmentationLib.modelstore import save_model
 from KneeSegmentationLib.network import UNet3D, UNetConfig
@@ -31,8 +31,8 @@ TINY_TRAINER_ARGS = ("--crop", "16,16,16", "--batch", "1", "--warmup", "1", "--v
 
 
 def tiny_parent(root: Path) -> Path:
-    card = ModelCard(name="tiny-retrain", version=0, network=UNetConfig(features=(4, 8)),
-                     preprocessing=Preprocessing((4.0,) * 3, (24,) * 3, "LPS"), description="test parent")
+    card = ModelCard(name="tiny-retrain", version=0, description="test parent",
+                     plan=ModelPlan(UNetConfig(features=(4, 8)), Preprocessing((4.0,) * 3, (24,) * 3, "LPS")))
     return save_model(UNet3D(card.network).eval(), card, root)
 
 

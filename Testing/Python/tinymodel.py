@@ -15,9 +15,9 @@ import torch
 
 import SimpleITK as sitk
 
-from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
+from KneeSegmentationLib.modelcard import ModelCard, ModelPlan, Preprocessing
 from KneeSegmentationLib.modelstore import save_model
-from KneeSegmentationLib.network import UNet3D, UNetConfig
+from KneeSegmentationLib.network import UNetConfig, build_network
 from KneeSegmentationLib.preprocess import model_grid_around, prepare_input
 
 from phantom import centered_grid, phantom_image, phantom_labels
@@ -54,8 +54,9 @@ def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def train_tiny_model(root: Path, steps: int = 300, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    config = UNetConfig(features=(8, 16))
-    net = UNet3D(config)
+    plan = ModelPlan(UNetConfig(features=(8, 16)),
+                     Preprocessing((TINY_SPACING,) * 3, (TINY_PATCH,) * 3, "LPS", NORMALIZATION))
+    net = build_network(plan)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     batch = [_sample(rng) for _ in range(32)]
     for step in range(steps):
@@ -69,8 +70,7 @@ def train_tiny_model(root: Path, steps: int = 300, seed: int = 0) -> Path:
     card = ModelCard(
         name="tiny-phantom",
         version=0,
-        network=config,
-        preprocessing=Preprocessing((TINY_SPACING,) * 3, (TINY_PATCH,) * 3, "LPS", NORMALIZATION),
+        plan=plan,
         description="Test model trained on an analytic phantom; not for real images.",
         training={"steps": steps, "final_loss": float(loss.detach())},
     )
