@@ -2,7 +2,7 @@
 
 The only file of the extension that imports qt, ctk, slicer.app or ScriptedLoadableModule. It is thin: the
 panel (Resources/UI/KneeSegmentation.ui) is bound to a parameter node; the work is done by
-``KneeSegmentationLib.logic.SegmentationLogic`` (no Qt, tested under slicer-core), which runs the library's
+``KneeSegmentationLib.scene.logic.SegmentationLogic`` (no Qt, tested under slicer-core), which runs the library's
 pipeline in a worker thread while a QTimer here polls its progress. torch is imported only after the
 dependency check, so the module loads (and can offer to install PyTorch) in a Slicer without torch.
 """
@@ -152,7 +152,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._modelPaths: list[str] = []
         self._choices = {}  # model path -> ModelChoice
         self._timer = None
-        self._retrain = None  # RetrainJob in progress (a child process; see KneeSegmentationLib/retrain.py)
+        self._retrain = None  # RetrainJob in progress (a child process; see KneeSegmentationLib/learn/retrain.py)
         self._retrainTimer = None
 
     # -- set-up and scene life cycle (as in Slicer's template)
@@ -312,7 +312,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refreshEchoes(self, *args) -> None:
         """Fills the echo list for a multi-echo (multi-component) volume; hidden for ordinary volumes.
         Reads the selector itself: this slot may run before the parameter node has seen the new volume."""
-        from KneeSegmentationLib.echoes import echo_labels  # MRML only: works before torch is installed
+        from KneeSegmentationLib.scene.echoes import echo_labels  # MRML only: works before torch is installed
 
         labels = echo_labels(self.ui.inputSelector.currentNode())
         wasBlocked = self.ui.echoComboBox.blockSignals(True)
@@ -375,7 +375,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         output, overwrite = p.outputSegmentation, False
         try:
-            from KneeSegmentationLib.logic import describe_output
+            from KneeSegmentationLib.scene.logic import describe_output
 
             if output is not None and output.GetSegmentation().GetNumberOfSegments() > 0:
                 choice = askOverwrite(describe_output(output))
@@ -432,7 +432,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _applyResult(self, status, volume, output, overwrite):
         """Adds the result to the scene; None if the user declined or it failed (and was told why)."""
-        from KneeSegmentationLib.logic import OutputNotEmpty
+        from KneeSegmentationLib.scene.logic import OutputNotEmpty
 
         try:
             try:
@@ -458,7 +458,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.training.remember_model_output(segmentation, status.result.labelmap, status.result.model.tag)
         self.logic.show3D(segmentation, self._parameterNode.show3D)
         slicer.util.setSliceViewerLayers(background=volume)
-        from KneeSegmentationLib.statistics import result_line  # the line kneeseg prints, too
+        from KneeSegmentationLib.results.statistics import result_line  # the line kneeseg prints, too
 
         result = status.result
         text = result_line(result) + "\n" + _("Done in {seconds:.1f} s on {device} with {model}.").format(
@@ -470,7 +470,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = text
         logging.info(f"KneeSegmentation timings: {result.timings}")
 
-    # -- correct and retrain (KneeSegmentationLib/training_logic.py)
+    # -- correct and retrain (KneeSegmentationLib/scene/training_logic.py)
     def onSaveCase(self) -> None:
         parameters = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not save the training case."), waitCursor=True):
@@ -545,7 +545,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _drawCurve(self, status) -> None:
         """Training loss (blue, scaled to its maximum) and validation Dice (red, 0–1) against the step."""
-        from KneeSegmentationLib.training_logic import curve_points
+        from KneeSegmentationLib.scene.training_logic import curve_points
 
         width, height = max(int(self.ui.trainingCurveLabel.width), 200), CURVE_HEIGHT_PX
         pixmap = qt.QPixmap(width, height)
@@ -646,7 +646,7 @@ def installDependencies(missing) -> None:
 
 class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
     """Slicer-side logic: turns the parameter node into library settings and delegates to
-    ``KneeSegmentationLib.logic.SegmentationLogic`` (composition, not inheritance). Usable from the Python
+    ``KneeSegmentationLib.scene.logic.SegmentationLogic`` (composition, not inheritance). Usable from the Python
     console: ``KneeSegmentationLogic().run(volumeNode)``."""
 
     def __init__(self) -> None:
@@ -661,7 +661,7 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
     def segmentation(self):
         """The Qt-free scene logic (imports torch: call after the dependency check)."""
         if self._segmentation is None or self._segmentation.scene is not slicer.mrmlScene:
-            from KneeSegmentationLib.logic import SegmentationLogic
+            from KneeSegmentationLib.scene.logic import SegmentationLogic
 
             self._segmentation = SegmentationLogic(slicer.mrmlScene)
         return self._segmentation
@@ -671,15 +671,15 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
         """Qt-free logic of the correct-and-retrain loop; cases go to a folder beside Slicer's settings."""
         if self._training is None or self._training.scene is not slicer.mrmlScene:
             from KneeSegmentationLib.paths import training_cases_dir
-            from KneeSegmentationLib.training_logic import TrainingLogic
+            from KneeSegmentationLib.scene.training_logic import TrainingLogic
 
             settingsFolder = os.path.dirname(slicer.app.slicerUserSettingsFilePath)
             self._training = TrainingLogic(slicer.mrmlScene, dataset_dir=training_cases_dir(settingsFolder))
         return self._training
 
     def settings(self, parameters):
-        from KneeSegmentationLib.logic import roi_box_from_node
-        from KneeSegmentationLib.pipeline import SegmentationSettings
+        from KneeSegmentationLib.scene.logic import roi_box_from_node
+        from KneeSegmentationLib.segment.pipeline import SegmentationSettings
 
         return SegmentationSettings(
             model=parameters.modelPath or None,
@@ -697,13 +697,13 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
         return device.value
 
     def echoOf(self, parameters):
-        from KneeSegmentationLib.echoes import echo_count
+        from KneeSegmentationLib.scene.echoes import echo_count
 
         return parameters.echo if echo_count(parameters.inputVolume) > 1 else None
 
     def show3D(self, segmentationNode, visible: bool) -> None:
         """The segments as surfaces in the 3D views, or not (needs no torch)."""
-        from KneeSegmentationLib.segments import show_3d
+        from KneeSegmentationLib.scene.segments import show_3d
 
         show_3d(segmentationNode, visible)
 
@@ -723,7 +723,7 @@ class KneeSegmentationLogic(ScriptedLoadableModuleLogic):
 
 
 class KneeSegmentationTest(ScriptedLoadableModuleTest):
-    """Runs the shared self-test bodies (KneeSegmentationLib.selftests) on slicer.mrmlScene with the real
+    """Runs the shared self-test bodies (KneeSegmentationLib.scene.selftests) on slicer.mrmlScene with the real
     sample and the bundled model; pytest runs the same bodies headless (Testing/Python/test_selftests.py)."""
 
     def setUp(self):
@@ -757,9 +757,9 @@ class KneeSegmentationTest(ScriptedLoadableModuleTest):
         missing = dependencies.missing_packages()
         if missing.any:  # e.g. on a build machine; the module offers the install on first use
             self.skipTest(f"not installed: {missing.describe()} (open the module and click Apply to install)")
-        from KneeSegmentationLib import selftests
-        from KneeSegmentationLib.logic import SegmentationLogic
-        from KneeSegmentationLib.pipeline import SegmentationSettings
+        from KneeSegmentationLib.scene import selftests
+        from KneeSegmentationLib.scene.logic import SegmentationLogic
+        from KneeSegmentationLib.segment.pipeline import SegmentationSettings
 
         scene = slicer.mrmlScene
         volume = selftests.load_sample(scene, resources.knee_sample().path)

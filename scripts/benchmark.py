@@ -89,7 +89,7 @@ def big_volume():
 
 
 def case_image(case: str):
-    from KneeSegmentationLib.io import read_image
+    from KneeSegmentationLib.segment.io import read_image
     return read_image(SAMPLE) if case.endswith("sample") else big_volume()
 
 
@@ -105,7 +105,7 @@ def peak_mb() -> float:
 
 
 def run_pipeline_case(case: str, model: str | None, device: str) -> dict:
-    from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
+    from KneeSegmentationLib.segment.pipeline import SegmentationSettings, run_segmentation
 
     image = case_image(case)
     settings = SegmentationSettings(model=model, device=device)
@@ -131,7 +131,7 @@ def relative_difference(fast, reference, region) -> tuple[float, float]:
 def run_n4_case(case: str, with_default: bool, masked_reference: bool) -> dict:
     import SimpleITK as sitk
 
-    from KneeSegmentationLib.n4 import foreground_mask, n4_correct, shrink_factors
+    from KneeSegmentationLib.segment.n4 import foreground_mask, n4_correct, shrink_factors
 
     image = case_image(case)
     out = {"case": case, "size": list(image.GetSize()), "shrink": shrink_factors(image)}
@@ -174,9 +174,9 @@ def timing_model(features: str, spacing: float, patch: int, root: Path) -> Path:
     """A model of the given size with random weights: pipeline timing does not depend on the weights."""
     import torch
 
-    from KneeSegmentationLib.modelcard import ModelCard, ModelPlan, Preprocessing
-    from KneeSegmentationLib.modelstore import save_model
-    from KneeSegmentationLib.network import UNetConfig, build_network
+    from KneeSegmentationLib.models.card import ModelCard, ModelPlan, Preprocessing
+    from KneeSegmentationLib.models.store import save_model
+    from KneeSegmentationLib.models.network import UNetConfig, build_network
 
     torch.manual_seed(0)
     config = UNetConfig(features=tuple(int(f) for f in features.split(",")))
@@ -243,7 +243,7 @@ def run_process_case(args: argparse.Namespace, model: str | None, tmp: Path) -> 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "KneeSegmentation"), str(ROOT),
                                                        os.environ.get("PYTHONPATH", "")]))
     out = tmp / "process.seg.nrrd"
-    cmd = [sys.executable, "-m", "KneeSegmentationLib.cli", "segment", str(SAMPLE), "-o", str(out), "-q",
+    cmd = [sys.executable, "-m", "KneeSegmentationLib.cli.main", "segment", str(SAMPLE), "-o", str(out), "-q",
            "--device", args.device] + (["--model", model] if model else [])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()

@@ -41,14 +41,14 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
-from KneeSegmentationLib.cases import save_training_case  # noqa: E402
+from KneeSegmentationLib.learn.cases import save_training_case  # noqa: E402
 from KneeSegmentationLib.constants import BONES  # noqa: E402
-from KneeSegmentationLib.infer import predict_probabilities  # noqa: E402
+from KneeSegmentationLib.segment.infer import predict_probabilities  # noqa: E402
 from KneeSegmentationLib.metrics import dice  # noqa: E402
-from KneeSegmentationLib.modelstore import LoadedModel, load_model  # noqa: E402
-from KneeSegmentationLib.preprocess import model_grid_around  # noqa: E402
-from KneeSegmentationLib.retrain import RetrainJob  # noqa: E402
-from KneeSegmentationLib.retrainstatus import RetrainSettings  # noqa: E402
+from KneeSegmentationLib.models.store import LoadedModel, load_model  # noqa: E402
+from KneeSegmentationLib.segment.preprocess import model_grid_around  # noqa: E402
+from KneeSegmentationLib.learn.retrain import RetrainJob  # noqa: E402
+from KneeSegmentationLib.learn.status import RetrainSettings  # noqa: E402
 
 from trainer.dataset import load_dataset  # noqa: E402
 from trainer.generator import Generator, Sample  # noqa: E402

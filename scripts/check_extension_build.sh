@@ -56,7 +56,8 @@ from pathlib import Path
 
 modules, repo = Path(sys.argv[1]), Path(sys.argv[2])
 sys.path.insert(0, str(modules))
-from KneeSegmentationLib import children, paths, resources
+from KneeSegmentationLib import paths, resources
+from KneeSegmentationLib.learn import children
 
 installed = {p.relative_to(modules.parent).as_posix() for p in modules.parent.rglob("*")
              if p.is_file() and p.suffix != ".pyc"}

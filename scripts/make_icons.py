@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "KneeSegmentation"))
 
 from KneeSegmentationLib.constants import FEMUR, FIBULA, TIBIA  # noqa: E402
-from KneeSegmentationLib.io import read_image  # noqa: E402
+from KneeSegmentationLib.segment.io import read_image  # noqa: E402
 from KneeSegmentationLib.resources import SAMPLE_THUMBNAIL, icon_file, knee_sample  # noqa: E402
 
 ICON_PX = 128

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "KneeSegmentation"))
 sys.path.insert(0, str(ROOT))
 
-from KneeSegmentationLib.io import ECHO_TIME_TAG, read_image, write_image  # noqa: E402
+from KneeSegmentationLib.segment.io import ECHO_TIME_TAG, read_image, write_image  # noqa: E402
 from trainer.mskt import fetch_mskt  # noqa: E402
 
 SAMPLE_DIR = ROOT / "Resources" / "SampleData"

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from KneeSegmentationLib.errors import KneeSegError
-from KneeSegmentationLib.plan import per_axis_spacing
-from KneeSegmentationLib.runcontract import CONFIG_FILE, LAST
+from KneeSegmentationLib.models.plan import per_axis_spacing
+from KneeSegmentationLib.learn.contract import CONFIG_FILE, LAST
 
 from .config import TrainConfig
 
@@ -126,7 +126,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     cfg = _config(a)
     if a.init_model:
-        from KneeSegmentationLib.modelcard import read_card
+        from KneeSegmentationLib.models.card import read_card
 
         cfg.init_model = str(a.init_model)
         cfg.take_plan(read_card(a.init_model).plan)  # the model's network and preprocessing; classes may grow
@@ -137,7 +137,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_finetune(a: argparse.Namespace) -> None:
-    from KneeSegmentationLib.children import watch_parent
+    from KneeSegmentationLib.learn.children import watch_parent
 
     from .finetune import finetune
 
@@ -170,7 +170,7 @@ def cmd_benchmark(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from KneeSegmentationLib.cliargs import HelpFormatter
+    from KneeSegmentationLib.cli.args import HelpFormatter
 
     parser = argparse.ArgumentParser(prog="kneeseg-train", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -40,7 +40,7 @@ from KneeSegmentationLib.constants import BONES
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import write_atomically, write_text_atomically
 from KneeSegmentationLib.metrics import dice, hd95, mean_surface_distance
-from KneeSegmentationLib.modelstore import LoadedModel, load_model
+from KneeSegmentationLib.models.store import LoadedModel, load_model
 
 from .dataset import LabelMap, load_dataset
 from .render import CONTRASTS, PLANES, render_case
@@ -246,7 +246,7 @@ def draw(shown: list[tuple[Case, np.ndarray, np.ndarray, np.ndarray]], rows: lis
 def run_benchmark(model: Path | str | LoadedModel, out_dir: Path, dataset: Path = DEFAULT_DATASET,
                   cases: str = "all", echoes: bool = True, data: Path | None = None, log=print) -> dict:
     """Runs the benchmark, writes ``out_dir`` (see module docstring), prints and returns the summary."""
-    from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
+    from KneeSegmentationLib.segment.pipeline import SegmentationSettings, run_segmentation
 
     t_start = time.perf_counter()
     model = model if isinstance(model, LoadedModel) else load_model(model)

@@ -1,5 +1,5 @@
 """Corrected cases (what the module saves after a user fixes a segmentation, see
-``KneeSegmentationLib.cases``) for fine-tuning and evaluation.
+``KneeSegmentationLib.learn.cases``) for fine-tuning and evaluation.
 
 A case is a folder holding ``image.nrrd`` (the image as segmented), ``label.nrrd`` (uint8, values 0–3 in
 the model's classes, same geometry as the image) and ``case.json`` (metadata; any JSON object). Every
@@ -14,12 +14,12 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from KneeSegmentationLib.cases import IMAGE_FILE, LABEL_FILE, META_FILE, geometry_mismatch
+from KneeSegmentationLib.learn.cases import IMAGE_FILE, LABEL_FILE, META_FILE, geometry_mismatch
 from KneeSegmentationLib.constants import NUM_CLASSES
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import read_json_object
-from KneeSegmentationLib.plan import per_axis_spacing
-from KneeSegmentationLib.preprocess import model_grid_around, prepare_input, resample_to_grid
+from KneeSegmentationLib.models.plan import per_axis_spacing
+from KneeSegmentationLib.segment.preprocess import model_grid_around, prepare_input, resample_to_grid
 
 from .generator import Sample
 

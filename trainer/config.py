@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from KneeSegmentationLib.constants import NUM_CLASSES
-from KneeSegmentationLib.netconfig import UNetConfig
-from KneeSegmentationLib.plan import ModelPlan, Preprocessing, per_axis_spacing
+from KneeSegmentationLib.models.config import UNetConfig
+from KneeSegmentationLib.models.plan import ModelPlan, Preprocessing, per_axis_spacing
 
 from .losses import DEFAULT_CLASS_WEIGHTS
 

@@ -26,7 +26,7 @@ from KneeSegmentationLib.constants import BONES, FEMUR, TIBIA
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import read_json_object, sha256_of
 from KneeSegmentationLib.names import relative_entry
-from KneeSegmentationLib.preprocess import joint_center, model_grid_around, physical_bounds
+from KneeSegmentationLib.segment.preprocess import joint_center, model_grid_around, physical_bounds
 
 from . import ranges as R
 from . import tissues as T

@@ -7,7 +7,7 @@ Three kinds of evidence:
    maps); the Fibula exists in one map only, which is also a training map: its figures measure unseen
    contrasts and deformations, not unseen anatomy.
 2. Corrected cases (if given): the whole pipeline (``run_segmentation``) in the case's own geometry, scored by
-   ``KneeSegmentationLib.scoring`` like retraining's comparison (plus surface distances and volume error).
+   ``KneeSegmentationLib.learn.scoring`` like retraining's comparison (plus surface distances and volume error).
 3. The real multi-echo series (no labels): the pipeline on each echo; the same bones must come out at every
    echo (pairwise Dice per bone), plus a PNG of the result at every echo to look at.
 """
@@ -26,10 +26,10 @@ import torch
 from KneeSegmentationLib.constants import BONES
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import write_text_atomically
-from KneeSegmentationLib.infer import predict_probabilities
+from KneeSegmentationLib.segment.infer import predict_probabilities
 from KneeSegmentationLib.metrics import bone_metrics, dice, expected_calibration_error
-from KneeSegmentationLib.modelstore import LoadedModel, load_model
-from KneeSegmentationLib.scoring import ScoringCase, score_cases
+from KneeSegmentationLib.models.store import LoadedModel, load_model
+from KneeSegmentationLib.learn.scoring import ScoringCase, score_cases
 
 from .dataset import load_dataset
 from .generator import Generator, Sample
@@ -84,8 +84,8 @@ def evaluate_cases(model: LoadedModel, cases_dir: Path) -> list[dict]:
 
 def echo_consistency(model: LoadedModel, dicom_dir: Path, out_dir: Path, max_echoes: int = 0) -> dict:
     """Pipeline on every echo of the real series; pairwise Dice per bone, volumes, and a PNG."""
-    from KneeSegmentationLib.io import list_echoes, read_image
-    from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
+    from KneeSegmentationLib.segment.io import list_echoes, read_image
+    from KneeSegmentationLib.segment.pipeline import SegmentationSettings, run_segmentation
 
     echoes = list_echoes(dicom_dir)
     if max_echoes:

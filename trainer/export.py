@@ -16,10 +16,10 @@ import torch
 
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import write_text_atomically
-from KneeSegmentationLib.modelcard import ModelCard, Preprocessing
+from KneeSegmentationLib.models.card import ModelCard, Preprocessing
 from KneeSegmentationLib.paths import bundled_models_root
-from KneeSegmentationLib.modelstore import save_model
-from KneeSegmentationLib.network import count_parameters
+from KneeSegmentationLib.models.store import save_model
+from KneeSegmentationLib.models.network import count_parameters
 
 from . import ranges
 from .config import TrainConfig

@@ -5,17 +5,17 @@ fine-tuned model runs exactly like its parent. Each batch draws ``case_fraction`
 corrected cases and the rest from the generator, so the model does not forget the contrasts and
 orientations it was not corrected on. The result is saved next to the parent's family (default: the user
 models folder) under the next free version number; the parent is never touched. The new version's folder and
-tag are recorded in the run folder's ``result.json`` (``KneeSegmentationLib/runcontract.py``), which
+tag are recorded in the run folder's ``result.json`` (``KneeSegmentationLib/learn/contract.py``), which
 retraining reads.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from KneeSegmentationLib.modelregistry import next_version
+from KneeSegmentationLib.models.registry import next_version
 from KneeSegmentationLib.paths import bundled_models_root, user_models_root
-from KneeSegmentationLib.modelstore import load_model
-from KneeSegmentationLib.runcontract import write_result
+from KneeSegmentationLib.models.store import load_model
+from KneeSegmentationLib.learn.contract import write_result
 
 from .cases import load_cases
 from .config import TrainConfig

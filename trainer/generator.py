@@ -12,7 +12,7 @@ the network learns shape, not contrast. Every range comes from ``ranges.py``. Th
    at the acquired resolution, linear interpolation back to the model grid, gamma;
 4. field of view: a random acquired box (knee off-centre, fibula cut at the edge); outside it and outside
    the source map the image is 0, like voxels outside the image at inference;
-5. ``KneeSegmentationLib.preprocess.normalize`` with the inference settings.
+5. ``KneeSegmentationLib.segment.preprocess.normalize`` with the inference settings.
 
 The target is the model class (``tissues.TARGET_OF``) at each model-grid voxel centre, 0 outside the box.
 """
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from KneeSegmentationLib.errors import InputError
-from KneeSegmentationLib.plan import per_axis_spacing
-from KneeSegmentationLib.preprocess import normalize
+from KneeSegmentationLib.models.plan import per_axis_spacing
+from KneeSegmentationLib.segment.preprocess import normalize
 
 from . import ranges as R
 from . import tissues as T

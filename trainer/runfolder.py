@@ -1,6 +1,6 @@
 """A training run's folder and the files in it: checkpoints, logs and the curves plot.
 
-The file names are ``KneeSegmentationLib/runcontract.py``'s (retraining reads the same folder).
+The file names are ``KneeSegmentationLib/learn/contract.py``'s (retraining reads the same folder).
 ``run_dir`` holds ``config.json``, ``last.pt`` (exact resume: model, optimizer, scheduler, AMP scaler, step,
 best score and every rank's RNG state), ``best.pt`` (weights with the best validation score), ``train.csv``,
 ``val.csv`` and ``curves.png``. Checkpoints are written atomically (a temporary file, then a rename), so a
@@ -22,10 +22,10 @@ import torch
 
 from KneeSegmentationLib.constants import BONES
 from KneeSegmentationLib.errors import DatasetError
-from KneeSegmentationLib.modelcard import ModelCard
-from KneeSegmentationLib.modelstore import LoadedModel, state_mismatch
-from KneeSegmentationLib.network import build_network
-from KneeSegmentationLib.runcontract import BEST, CONFIG_FILE, LAST, RESULT_FILE, STOP_FILE, TRAIN_LOG, VAL_LOG
+from KneeSegmentationLib.models.card import ModelCard
+from KneeSegmentationLib.models.store import LoadedModel, state_mismatch
+from KneeSegmentationLib.models.network import build_network
+from KneeSegmentationLib.learn.contract import BEST, CONFIG_FILE, LAST, RESULT_FILE, STOP_FILE, TRAIN_LOG, VAL_LOG
 
 from .config import TrainConfig
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from KneeSegmentationLib.runcontract import CONFIG_FILE
+from KneeSegmentationLib.learn.contract import CONFIG_FILE
 
 from .config import TrainConfig
 

@@ -3,7 +3,7 @@
 Each step's batch is a function of (seed, rank, step), so background workers render exactly what a resumed
 run would. The run folder and its files (``last.pt`` for an exact resume, ``best.pt``, the CSV logs, the
 curves, ``STOP``, ``result.json`` at the end) are ``runfolder.py``'s (names from
-``KneeSegmentationLib/runcontract.py``); torchrun, the learning-rate schedule and the time budget are
+``KneeSegmentationLib/learn/contract.py``); torchrun, the learning-rate schedule and the time budget are
 ``schedule.py``'s.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from KneeSegmentationLib.constants import BONES, NUM_CLASSES
 from KneeSegmentationLib.metrics import dice
-from KneeSegmentationLib.modelstore import load_model
-from KneeSegmentationLib.network import UNet3D, build_network, with_classes
-from KneeSegmentationLib.runcontract import CONFIG_FILE, TRAIN_LOG, VAL_LOG, clear_result, write_result
+from KneeSegmentationLib.models.store import load_model
+from KneeSegmentationLib.models.network import UNet3D, build_network, with_classes
+from KneeSegmentationLib.learn.contract import CONFIG_FILE, TRAIN_LOG, VAL_LOG, clear_result, write_result
 
 from .config import TrainConfig
 from .dataset import load_dataset

@@ -45,6 +45,6 @@ TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatom
 # Segment tag that Slicer uses for the KneeSegmentation provenance (model name and version).
 MODEL_TAG = "KneeSegmentation.Model"
 
-# Devices a run may ask for ("auto": CUDA, then MPS, then CPU). Here, not in infer.py, so that parsing the
+# Devices a run may ask for ("auto": CUDA, then MPS, then CPU). Here, not in segment/infer.py, so that parsing the
 # command line does not import torch.
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -30,6 +30,6 @@ def tiny_model(tiny_model_root) -> Path:
 
 @pytest.fixture()
 def scene():
-    from KneeSegmentationLib.mrml import create_scene
+    from KneeSegmentationLib.scene.mrml import create_scene
 
     return create_scene()

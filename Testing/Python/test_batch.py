@@ -6,9 +6,9 @@ import csv
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib import modelstore
-from KneeSegmentationLib.batch import Shard, find_cases
-from KneeSegmentationLib.cli import main
+from KneeSegmentationLib.models import store as modelstore
+from KneeSegmentationLib.cli.batch import Shard, find_cases
+from KneeSegmentationLib.cli.main import main
 
 from phantom import phantom
 

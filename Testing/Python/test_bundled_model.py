@@ -15,13 +15,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from KneeSegmentationLib.infer import predict_probabilities
+from KneeSegmentationLib.segment.infer import predict_probabilities
 from KneeSegmentationLib.metrics import dice
-from KneeSegmentationLib.modelcard import plain_summary
-from KneeSegmentationLib.modelregistry import default_model, list_models
-from KneeSegmentationLib.modelstore import load_model
+from KneeSegmentationLib.models.card import plain_summary
+from KneeSegmentationLib.models.registry import default_model, list_models
+from KneeSegmentationLib.models.store import load_model
 from KneeSegmentationLib.paths import bundled_models_root
-from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
+from KneeSegmentationLib.segment.pipeline import SegmentationSettings, run_segmentation
 
 from realdata import mskt_data, mskt_dicom
 
@@ -77,7 +77,7 @@ def test_bundled_cards_speak_plainly(entry):
 
 @pytest.fixture(scope="module")
 def sample_result(model):
-    from KneeSegmentationLib.io import read_image
+    from KneeSegmentationLib.segment.io import read_image
 
     image = read_image(mskt_dicom(), echo=0)
     result = run_segmentation(image, SegmentationSettings(model=model, device="cpu", n4=True))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib.cases import IMAGE_FILE, LABEL_FILE, META_FILE, list_cases, save_training_case
+from KneeSegmentationLib.learn.cases import IMAGE_FILE, LABEL_FILE, META_FILE, list_cases, save_training_case
 from KneeSegmentationLib.errors import DatasetError, InputError
 from KneeSegmentationLib.paths import training_cases_dir as default_dataset_dir
 from phantom import centered_grid, phantom_image, phantom_labels

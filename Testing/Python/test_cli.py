@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib.cli import main
+from KneeSegmentationLib.cli.main import main
 
 from phantom import phantom
 
@@ -86,7 +86,7 @@ def test_console_script_runs(tiny_model, knee_file, tmp_path):
 
 
 def test_models_lists_versions_with_their_dice_and_marks_the_default(tmp_path, monkeypatch, capsys):
-    from KneeSegmentationLib.modelregistry import list_models, select_default_model
+    from KneeSegmentationLib.models.registry import list_models, select_default_model
     from KneeSegmentationLib.paths import bundled_models_root
 
     monkeypatch.setenv("KNEESEG_USER_MODELS", str(tmp_path))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib.cli import main
-from KneeSegmentationLib.modelregistry import default_model
-from KneeSegmentationLib.mrml import create_scene, volume_node_from_image
-from KneeSegmentationLib.segments import labelmap_to_segmentation, save_segmentation
+from KneeSegmentationLib.cli.main import main
+from KneeSegmentationLib.models.registry import default_model
+from KneeSegmentationLib.scene.mrml import create_scene, volume_node_from_image
+from KneeSegmentationLib.scene.segments import labelmap_to_segmentation, save_segmentation
 from phantom import centered_grid, phantom_image, phantom_labels
 from test_retrain import TINY_TRAINER_ARGS, tiny_parent
 from trainer_data import make_tiny_dataset

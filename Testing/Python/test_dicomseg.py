@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib.cli import main
+from KneeSegmentationLib.cli.main import main
 from KneeSegmentationLib.constants import BONES
-from KneeSegmentationLib.dicomseg import source_files, write_dicom_seg
-from KneeSegmentationLib.io import read_image
+from KneeSegmentationLib.results.dicomseg import source_files, write_dicom_seg
+from KneeSegmentationLib.segment.io import read_image
 
 from realdata import mskt_dicom
 

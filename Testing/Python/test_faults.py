@@ -3,8 +3,8 @@
 Every test is one probe, named ``test_c<class>_…`` after the issue's class. A probe passes when the misuse
 ends in a clear one-line refusal (``kneeseg: error: …``, no traceback) and nothing is lost: no input replaced,
 no half-written or hidden file left, no model written or made default behind the user's back.
-Most probes call ``cli.main`` in-process (fast); kills, SIGINT, memory limits, closed pipes and file-size
-limits run ``python -m KneeSegmentationLib.cli`` as a child process.
+Most probes call ``cli.main.main`` in-process (fast); kills, SIGINT, memory limits, closed pipes and file-size
+limits run ``python -m KneeSegmentationLib.cli.main`` as a child process.
 """
 from __future__ import annotations
 
@@ -25,19 +25,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib import children, modelstore
-from KneeSegmentationLib.cases import list_cases, save_training_case
-from KneeSegmentationLib.cli import main
+from KneeSegmentationLib.learn import children
+from KneeSegmentationLib.models import store as modelstore
+from KneeSegmentationLib.learn.cases import list_cases, save_training_case
+from KneeSegmentationLib.cli.main import main
 from KneeSegmentationLib.errors import DatasetError, InputError, KneeSegError, ModelError
 from KneeSegmentationLib.files import TEMP_PREFIX
-from KneeSegmentationLib.io import read_image
-from KneeSegmentationLib.modelcard import CARD_FILE, WEIGHTS_FILE
-from KneeSegmentationLib.modelregistry import next_version
-from KneeSegmentationLib.modelstore import save_model
-from KneeSegmentationLib.mrml import create_scene, volume_node_from_image
+from KneeSegmentationLib.segment.io import read_image
+from KneeSegmentationLib.models.card import CARD_FILE, WEIGHTS_FILE
+from KneeSegmentationLib.models.registry import next_version
+from KneeSegmentationLib.models.store import save_model
+from KneeSegmentationLib.scene.mrml import create_scene, volume_node_from_image
 from KneeSegmentationLib.names import check_name, printable, relative_entry
-from KneeSegmentationLib.retrainstatus import failure_reason
-from KneeSegmentationLib.segments import labelmap_to_segmentation, save_segmentation
+from KneeSegmentationLib.learn.status import failure_reason
+from KneeSegmentationLib.scene.segments import labelmap_to_segmentation, save_segmentation
 from phantom import phantom
 
 LIB_PARENT = Path(children.LIB_PARENT)
@@ -109,7 +110,7 @@ def in_fork(fn, tmp_path: Path) -> tuple[int, str]:
 
 
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "KneeSegmentationLib.cli", *args], env=CHILD_ENV,
+    return subprocess.run([sys.executable, "-m", "KneeSegmentationLib.cli.main", *args], env=CHILD_ENV,
                           capture_output=True, text=True, timeout=120, **kwargs)
 
 
@@ -135,8 +136,8 @@ def test_c1_a_card_naming_a_path_is_refused_by_every_command(model_copy, knee, t
 
 
 def test_c1_save_model_never_writes_outside_its_root(tmp_path):
-    from KneeSegmentationLib.modelcard import ModelCard, ModelPlan, Preprocessing
-    from KneeSegmentationLib.network import UNet3D, UNetConfig
+    from KneeSegmentationLib.models.card import ModelCard, ModelPlan, Preprocessing
+    from KneeSegmentationLib.models.network import UNet3D, UNetConfig
 
     card = ModelCard(name=TRAVERSAL, version=1,
                      plan=ModelPlan(UNetConfig(features=(4, 8)), Preprocessing((4.0,) * 3, (24,) * 3)))
@@ -224,7 +225,7 @@ def test_c2_a_384x384x160_image_passes_the_limits(tmp_path):
     sitk.WriteImage(image, str(tmp_path / "big.nrrd"), True)
     read = read_image(tmp_path / "big.nrrd")
     assert read.GetSize() == (384, 384, 160)
-    from KneeSegmentationLib.preprocess import whole_image_grid
+    from KneeSegmentationLib.segment.preprocess import whole_image_grid
 
     grid, _ = whole_image_grid(read, (1.0, 1.0, 1.0), (96, 96, 96), 8)  # a 1 mm model grid fits too
     assert np.prod(grid.GetSize()) < 320 ** 3
@@ -233,14 +234,14 @@ def test_c2_a_384x384x160_image_passes_the_limits(tmp_path):
 # ------------------------------------------------------------------------------ 3 orphaned children
 WATCHED_CHILD = """
 import sys, time, pathlib
-from KneeSegmentationLib.children import watch_parent
+from KneeSegmentationLib.learn.children import watch_parent
 watch_parent(interval_s=0.2)
 time.sleep(4)
 pathlib.Path(sys.argv[1]).write_text("written by an orphan")
 """
 PARENT = """
 import sys, time, pathlib
-from KneeSegmentationLib.children import spawn
+from KneeSegmentationLib.learn.children import spawn
 log = pathlib.Path(sys.argv[1]) / "child.log"
 p = spawn([sys.executable, "-c", sys.argv[2], sys.argv[3]], log)
 print(p.pid, flush=True)
@@ -269,8 +270,8 @@ def test_c3_retrain_pins_the_default_before_any_child_runs(tmp_path, monkeypatch
     newest: the previous default is pinned before the child starts (and unpinned when stopped cleanly)."""
     from test_retrain import tiny_parent
     from trainer_data import make_tiny_dataset
-    from KneeSegmentationLib.retrain import RetrainJob
-    from KneeSegmentationLib.retrainstatus import RetrainSettings
+    from KneeSegmentationLib.learn.retrain import RetrainJob
+    from KneeSegmentationLib.learn.status import RetrainSettings
 
     bundled, user, cases = tmp_path / "bundled", tmp_path / "user", tmp_path / "cases"
     parent = tiny_parent(bundled)
@@ -330,7 +331,7 @@ def test_c5_a_segmentation_of_a_shifted_image_is_refused_like_a_labelmap(tmp_pat
 
 # ------------------------------------------------------------------------ 6 Ctrl-C while writing
 def test_c6_an_interrupt_between_outputs_says_what_was_written(model_copy, knee, tmp_path, capsys, monkeypatch):
-    import KneeSegmentationLib.io as io
+    import KneeSegmentationLib.segment.io as io
 
     real = io.write_image
 
@@ -351,7 +352,7 @@ def test_c6_an_interrupt_between_outputs_says_what_was_written(model_copy, knee,
 def test_c6_sigint_at_a_random_moment_is_truthful_and_leaves_no_temporaries(model_copy, knee, tmp_path, seed):
     out = tmp_path / "out"
     outputs = [out / "s.seg.nrrd", out / "l.nrrd", out / "p.png"]
-    proc = subprocess.Popen([sys.executable, "-m", "KneeSegmentationLib.entry", *segment(
+    proc = subprocess.Popen([sys.executable, "-m", "KneeSegmentationLib.cli.entry", *segment(
         knee, model_copy, "-o", str(outputs[0]), "--labelmap", str(outputs[1]), "--preview", str(outputs[2]))],
         env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(random.Random(seed).uniform(1.0, 12.0))  # import, read, segment or write: any moment
@@ -409,7 +410,7 @@ def test_c8_an_unwritable_destination_is_one_line(model_copy, knee, tmp_path, ca
 def test_c8_a_full_disk_is_one_line(model_copy, knee, tmp_path, capsys, monkeypatch):
     """The write stage runs with a file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored): the writer gets the real
     EFBIG a full disk would give as ENOSPC."""
-    import KneeSegmentationLib.io as io
+    import KneeSegmentationLib.segment.io as io
 
     real = io.write_image
 

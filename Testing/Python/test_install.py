@@ -39,7 +39,7 @@ def test_segment_imports_no_vtk_slicer_or_matplotlib(tiny_model, tmp_path):
 
     image, _ = phantom(size=(48, 48, 32), spacing=(2.0, 2.0, 2.5))
     sitk.WriteImage(image, str(tmp_path / "k.nrrd"))
-    code = (f"import sys; from KneeSegmentationLib.cli import main; "
+    code = (f"import sys; from KneeSegmentationLib.cli.main import main; "
             f"assert 'torch' not in sys.modules, 'torch at import'; "
             f"rc = main(['segment', {str(tmp_path / 'k.nrrd')!r}, '-o', {str(tmp_path / 'k.seg.nrrd')!r}, "
             f"'--statistics', {str(tmp_path / 'k.csv')!r}, '--model', {str(tiny_model)!r}, '--no-n4', '-q']); "

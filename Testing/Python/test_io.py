@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from KneeSegmentationLib.errors import InputError
-from KneeSegmentationLib.io import echo_time_of, list_echoes, read_image, validate_image, write_image
+from KneeSegmentationLib.segment.io import echo_time_of, list_echoes, read_image, validate_image, write_image
 
 FORMATS = [".nrrd", ".nii", ".nii.gz", ".mha", ".mhd"]
 

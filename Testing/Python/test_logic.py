@@ -1,4 +1,4 @@
-"""The module's scene-level logic (KneeSegmentationLib.logic) under real MRML from slicer-core, with the tiny
+"""The module's scene-level logic (KneeSegmentationLib.scene.logic) under real MRML from slicer-core, with the tiny
 phantom model: volume node in, segmentation node out; output policy; background run, poll, cancel; errors."""
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ import vtk
 import slicer
 from KneeSegmentationLib.constants import BONES, MODEL_TAG
 from KneeSegmentationLib.errors import Cancelled, InputError, KneeSegError, ModelError
-from KneeSegmentationLib.echoes import (FRAME_LABELS_ATTRIBUTE, FRAME_TAG_ATTRIBUTE, FRAME_UNITS_ATTRIBUTE, echo_count,
+from KneeSegmentationLib.scene.echoes import (FRAME_LABELS_ATTRIBUTE, FRAME_TAG_ATTRIBUTE, FRAME_UNITS_ATTRIBUTE, echo_count,
                                         echo_labels, image_for_echo)
-from KneeSegmentationLib.logic import (BackgroundRun, OutputNotEmpty, SegmentationLogic, format_metrics, roi_box_from_node,
+from KneeSegmentationLib.scene.logic import (BackgroundRun, OutputNotEmpty, SegmentationLogic, format_metrics, roi_box_from_node,
                                       scene_node_ids, segment_names)
-from KneeSegmentationLib.mrml import volume_node_from_image
-from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
-from KneeSegmentationLib.segments import labelmap_to_segmentation, segmentation_to_labelmap, show_3d
-from KneeSegmentationLib.statistics import result_line, segment_statistics
+from KneeSegmentationLib.scene.mrml import volume_node_from_image
+from KneeSegmentationLib.segment.pipeline import SegmentationSettings, run_segmentation
+from KneeSegmentationLib.scene.segments import labelmap_to_segmentation, segmentation_to_labelmap, show_3d
+from KneeSegmentationLib.results.statistics import result_line, segment_statistics
 
 from phantom import phantom
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from KneeSegmentationLib.errors import ModelError
-from KneeSegmentationLib.modelcard import (CARD_FILE, WEIGHTS_FILE, ModelCard, ModelPlan, Preprocessing, held_out_dice, plain_summary,
+from KneeSegmentationLib.models.card import (CARD_FILE, WEIGHTS_FILE, ModelCard, ModelPlan, Preprocessing, held_out_dice, plain_summary,
                                           read_card)
-from KneeSegmentationLib.modelregistry import default_model, list_models
-from KneeSegmentationLib.modelstore import load_model, save_model
-from KneeSegmentationLib.network import UNet3D, UNetConfig
+from KneeSegmentationLib.models.registry import default_model, list_models
+from KneeSegmentationLib.models.store import load_model, save_model
+from KneeSegmentationLib.models.network import UNet3D, UNetConfig
 
 CONFIG = UNetConfig(features=(4, 8))
 

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import Cancelled, InputError
-from KneeSegmentationLib.n4 import N4Settings, n4_correct, shrink_factors
+from KneeSegmentationLib.segment.n4 import N4Settings, n4_correct, shrink_factors
 from KneeSegmentationLib.progress import CancelToken
 
 SHAPE = (20, 64, 64)  # z, y, x
@@ -132,7 +132,7 @@ def test_cancel_during_n4_then_exit_does_not_crash(tmp_path):
     script.write_text(textwrap.dedent('''
         import numpy as np, SimpleITK as sitk
         from KneeSegmentationLib.errors import Cancelled
-        from KneeSegmentationLib.n4 import N4Settings, n4_correct
+        from KneeSegmentationLib.segment.n4 import N4Settings, n4_correct
         from KneeSegmentationLib.progress import CancelToken
         rng = np.random.default_rng(0)
         image = sitk.GetImageFromArray((rng.random((24, 200, 200)) * 100 + 50).astype(np.float32))

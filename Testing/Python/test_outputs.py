@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib.cli import build_parser, main
-from KneeSegmentationLib.cliargs import normalize_argv
+from KneeSegmentationLib.cli.main import build_parser, main
+from KneeSegmentationLib.cli.args import normalize_argv
 from KneeSegmentationLib.constants import BONES, FIBULA
-from KneeSegmentationLib.labeltable import label_table_paths
-from KneeSegmentationLib.laterality import drop_specks, laterality_of
-from KneeSegmentationLib.statistics import segment_statistics, write_statistics
+from KneeSegmentationLib.results.labeltable import label_table_paths
+from KneeSegmentationLib.segment.laterality import drop_specks, laterality_of
+from KneeSegmentationLib.results.statistics import segment_statistics, write_statistics
 
 from phantom import FIBULA_OFFSET, phantom
 
@@ -130,7 +130,7 @@ def test_segment_writes_labelmap_table_and_statistics(tiny_model, knee_file, tmp
 def test_missing_highdicom_is_one_clear_line(tmp_path, monkeypatch):
     import sys
 
-    from KneeSegmentationLib.dicomseg import check_dicom_seg
+    from KneeSegmentationLib.results.dicomseg import check_dicom_seg
     from KneeSegmentationLib.errors import KneeSegError
 
     monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom -> ImportError

@@ -8,9 +8,9 @@ import pytest
 import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import Cancelled, InputError, ModelError
-from KneeSegmentationLib.modelstore import load_model
-from KneeSegmentationLib.pipeline import SegmentationSettings, run_segmentation
-from KneeSegmentationLib.preprocess import (RoiBox, joint_center, model_grid_around, physical_bounds,
+from KneeSegmentationLib.models.store import load_model
+from KneeSegmentationLib.segment.pipeline import SegmentationSettings, run_segmentation
+from KneeSegmentationLib.segment.preprocess import (RoiBox, joint_center, model_grid_around, physical_bounds,
                                             whole_image_grid)
 from KneeSegmentationLib.progress import CancelToken
 

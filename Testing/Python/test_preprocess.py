@@ -6,8 +6,8 @@ import pytest
 import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import InputError
-from KneeSegmentationLib.postprocess import clean_labels, probabilities_to_labels
-from KneeSegmentationLib.preprocess import (RoiBox, inside_mask, model_grid_around, normalize, whole_image_grid,
+from KneeSegmentationLib.segment.postprocess import clean_labels, probabilities_to_labels
+from KneeSegmentationLib.segment.preprocess import (RoiBox, inside_mask, model_grid_around, normalize, whole_image_grid,
                                             physical_bounds, prepare_input, resample_to_grid)
 
 from phantom import centered_grid, phantom, phantom_labels

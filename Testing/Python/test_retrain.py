@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib.cases import save_training_case
+from KneeSegmentationLib.learn.cases import save_training_case
 from KneeSegmentationLib.files import sha256_of
-from KneeSegmentationLib.modelcard import ModelCard, ModelPlan, Preprocessing
-from KneeSegmentationLib.modelregistry import default_model, next_version, select_default_model
-from KneeSegmentationLib.modelstore import save_model
-from KneeSegmentationLib.network import UNet3D, UNetConfig
-from KneeSegmentationLib.children import process_group_alive
-from KneeSegmentationLib.retrain import RetrainJob
-from KneeSegmentationLib.retraincompare import decide_default, split_cases, user_metrics_for
-from KneeSegmentationLib.retrainstatus import RetrainSettings, read_progress
+from KneeSegmentationLib.models.card import ModelCard, ModelPlan, Preprocessing
+from KneeSegmentationLib.models.registry import default_model, next_version, select_default_model
+from KneeSegmentationLib.models.store import save_model
+from KneeSegmentationLib.models.network import UNet3D, UNetConfig
+from KneeSegmentationLib.learn.children import process_group_alive
+from KneeSegmentationLib.learn.retrain import RetrainJob
+from KneeSegmentationLib.learn.compare import decide_default, split_cases, user_metrics_for
+from KneeSegmentationLib.learn.status import RetrainSettings, read_progress
 from phantom import centered_grid, phantom_image, phantom_labels
 from trainer_data import make_tiny_dataset
 
@@ -124,7 +124,7 @@ def test_stop_mid_training_kills_the_tree_and_leaves_no_partial_model(setup, tmp
 FAKE_PYTHON = """#!{python}
 import json, shutil, sys
 from pathlib import Path
-from KneeSegmentationLib.runcontract import write_result
+from KneeSegmentationLib.learn.contract import write_result
 args = sys.argv[1:]
 opt = lambda name: args[args.index(name) + 1]
 if "finetune" in args:  # writes a version and result.json, prints nothing
@@ -139,7 +139,7 @@ else:  # compare
 
 
 def test_retraining_reads_the_new_model_from_result_json(setup, tmp_path):
-    """The contract is the run folder's result.json (runcontract.py), not a line the trainer prints."""
+    """The contract is the run folder's result.json (KneeSegmentationLib/learn/contract.py), not a line the trainer prints."""
     fake = tmp_path / "fake-python"
     fake.write_text(FAKE_PYTHON.format(python=sys.executable))
     fake.chmod(0o755)

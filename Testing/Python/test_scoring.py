@@ -1,4 +1,4 @@
-"""One scoring of models on corrected cases (``KneeSegmentationLib.scoring``): its Dice is the hand-computed one,
+"""One scoring of models on corrected cases (``KneeSegmentationLib.learn.scoring``): its Dice is the hand-computed one,
 and retraining's comparison and the trainer's evaluation both report it."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib import scoring
-from KneeSegmentationLib.retraincompare import compare_on_cases
-from KneeSegmentationLib.scoring import ScoringCase, score_cases
+from KneeSegmentationLib.learn import scoring
+from KneeSegmentationLib.learn.compare import compare_on_cases
+from KneeSegmentationLib.learn.scoring import ScoringCase, score_cases
 
 from trainer_data import write_case
 

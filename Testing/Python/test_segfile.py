@@ -1,4 +1,4 @@
-"""``.seg.nrrd`` written without MRML (segfile.py), read back through slicer-core's real storage node."""
+"""``.seg.nrrd`` written without MRML (KneeSegmentationLib/results/segfile.py), read back through slicer-core's real storage node."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,10 +7,10 @@ import SimpleITK as sitk
 
 from KneeSegmentationLib.constants import BONES, MODEL_TAG, PATELLA
 from KneeSegmentationLib.errors import InputError
-from KneeSegmentationLib.mrml import volume_node_from_image
-from KneeSegmentationLib.segfile import read_seg_nrrd, write_seg_nrrd
-from KneeSegmentationLib.segments import load_segmentation, model_tag_of, segmentation_to_labelmap, terminology_entry
-from KneeSegmentationLib.terminology import terminology_string
+from KneeSegmentationLib.scene.mrml import volume_node_from_image
+from KneeSegmentationLib.results.segfile import read_seg_nrrd, write_seg_nrrd
+from KneeSegmentationLib.scene.segments import load_segmentation, model_tag_of, segmentation_to_labelmap, terminology_entry
+from KneeSegmentationLib.results.terminology import terminology_string
 
 from phantom import phantom
 

@@ -7,8 +7,8 @@ import SimpleITK as sitk
 
 from KneeSegmentationLib.constants import BONES, PATELLA
 from KneeSegmentationLib.errors import InputError
-from KneeSegmentationLib.mrml import image_from_volume_node, volume_node_from_image
-from KneeSegmentationLib.segments import (labelmap_to_segmentation, load_segmentation, save_segmentation,
+from KneeSegmentationLib.scene.mrml import image_from_volume_node, volume_node_from_image
+from KneeSegmentationLib.scene.segments import (labelmap_to_segmentation, load_segmentation, save_segmentation,
                                           segmentation_to_labelmap, terminology_entry)
 
 from phantom import phantom

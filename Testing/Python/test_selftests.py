@@ -1,4 +1,4 @@
-"""The module's self-test bodies (KneeSegmentationLib.selftests) run headless: the same functions that
+"""The module's self-test bodies (KneeSegmentationLib.scene.selftests) run headless: the same functions that
 ``KneeSegmentationTest`` runs inside Slicer, here on a real MRML scene from slicer-core.
 
 With the tiny phantom model the "sample" is the phantom written to a NRRD file (the tiny model knows nothing
@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib import selftests
+from KneeSegmentationLib.scene import selftests
 from KneeSegmentationLib.constants import BONES
 from KneeSegmentationLib.files import sha256_of
-from KneeSegmentationLib.io import write_image
-from KneeSegmentationLib.logic import SegmentationLogic, scene_node_ids
-from KneeSegmentationLib.modelregistry import list_models
+from KneeSegmentationLib.segment.io import write_image
+from KneeSegmentationLib.scene.logic import SegmentationLogic, scene_node_ids
+from KneeSegmentationLib.models.registry import list_models
 from KneeSegmentationLib.paths import bundled_models_root
-from KneeSegmentationLib.pipeline import SegmentationSettings
+from KneeSegmentationLib.segment.pipeline import SegmentationSettings
 
 from phantom import phantom
 

@@ -14,7 +14,7 @@ import KneeSegmentationLib
 LIB_PARENT = Path(KneeSegmentationLib.__file__).resolve().parents[1]
 PROBE = """
 import json, sys
-from KneeSegmentationLib import cli
+from KneeSegmentationLib.cli import main as cli
 codes = [cli.main(argv) for argv in json.loads(sys.argv[1])]
 print(json.dumps({"codes": codes, "loaded": sorted(m for m in ("torch", "safetensors") if m in sys.modules)}))
 """
@@ -47,8 +47,8 @@ def test_the_echoes_of_a_multi_echo_volume_are_counted_without_torch():
     code = """
 import sys
 import numpy as np
-from KneeSegmentationLib.echoes import FRAME_LABELS_ATTRIBUTE, echo_count, echo_labels
-from KneeSegmentationLib.mrml import create_scene
+from KneeSegmentationLib.scene.echoes import FRAME_LABELS_ATTRIBUTE, echo_count, echo_labels
+from KneeSegmentationLib.scene.mrml import create_scene
 scene = create_scene()
 multi = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode")
 from slicer import util

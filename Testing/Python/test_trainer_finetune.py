@@ -10,8 +10,8 @@ import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import sha256_of
-from KneeSegmentationLib.modelstore import load_model
-from KneeSegmentationLib.runcontract import read_result
+from KneeSegmentationLib.models.store import load_model
+from KneeSegmentationLib.learn.contract import read_result
 
 from trainer.cases import CaseSampler, load_cases
 from trainer.evaluate import evaluate

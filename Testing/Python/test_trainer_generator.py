@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from KneeSegmentationLib.errors import DatasetError
-from KneeSegmentationLib.preprocess import NORMALIZED_RANGE
+from KneeSegmentationLib.segment.preprocess import NORMALIZED_RANGE
 
 from trainer import tissues as T
 from trainer.dataset import SourceMap, load_dataset, prepare, read_manifest

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from KneeSegmentationLib.network import UNet3D, UNetConfig
+from KneeSegmentationLib.models.network import UNet3D, UNetConfig
 
 from trainer.dataset import load_dataset
 from trainer.generator import Generator
@@ -113,7 +113,7 @@ def test_batches_are_the_same_from_a_worker_process_and_in_process(dataset):
 
 
 def test_a_three_bone_model_grows_a_patella_head_that_changes_nothing():
-    from KneeSegmentationLib.network import config_of_state, with_classes
+    from KneeSegmentationLib.models.network import config_of_state, with_classes
 
     torch.manual_seed(0)
     old = UNet3D(UNetConfig(out_channels=4, features=(4, 8))).eval()

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import SimpleITK as sitk
 
-from KneeSegmentationLib.cases import LABEL_FILE, META_FILE
-from KneeSegmentationLib.mrml import volume_node_from_image
-from KneeSegmentationLib.segments import labelmap_to_segmentation
-from KneeSegmentationLib.training_logic import MODEL_OUTPUT_ROLE, TrainingLogic, model_output_of
+from KneeSegmentationLib.learn.cases import LABEL_FILE, META_FILE
+from KneeSegmentationLib.scene.mrml import volume_node_from_image
+from KneeSegmentationLib.scene.segments import labelmap_to_segmentation
+from KneeSegmentationLib.scene.training_logic import MODEL_OUTPUT_ROLE, TrainingLogic, model_output_of
 from phantom import centered_grid, phantom_image, phantom_labels
 from test_retrain import tiny_parent
 
@@ -64,8 +64,8 @@ def test_versions_select_and_rollback(scene, tmp_path):
 
 
 def test_curve_points_fit_the_widget():
-    from KneeSegmentationLib.retrainstatus import RetrainStatus
-    from KneeSegmentationLib.training_logic import curve_points
+    from KneeSegmentationLib.learn.status import RetrainStatus
+    from KneeSegmentationLib.scene.training_logic import curve_points
 
     status = RetrainStatus("training", 20, 40, [(10, 2.0), (20, 1.0)], [(20, {"score": 0.5})], "", 1.0)
     pts = curve_points(status, 104, 54, margin=2)

@@ -15,10 +15,10 @@ import torch
 
 import SimpleITK as sitk
 
-from KneeSegmentationLib.modelcard import ModelCard, ModelPlan, Preprocessing
-from KneeSegmentationLib.modelstore import save_model
-from KneeSegmentationLib.network import UNetConfig, build_network
-from KneeSegmentationLib.preprocess import model_grid_around, prepare_input
+from KneeSegmentationLib.models.card import ModelCard, ModelPlan, Preprocessing
+from KneeSegmentationLib.models.store import save_model
+from KneeSegmentationLib.models.network import UNetConfig, build_network
+from KneeSegmentationLib.segment.preprocess import model_grid_around, prepare_input
 
 from phantom import centered_grid, phantom_image, phantom_labels
 

@@ -1,0 +1,152 @@
+"""The whole segmentation, image in, labelmap out: validate → N4 → locate the knee → segment → clean up.
+
+``run_segmentation`` touches no MRML and no GUI, so the Slicer module can run it in a worker thread, the CLI
+in the main thread and the trainer in its evaluation loop: all three get exactly the same result.
+
+The whole image is segmented at the model's spacing: in one pass on an enlarged window when it fits
+(``preprocess.SINGLE_PASS_GROWTH``; the network is fully convolutional), else in overlapping tiles of the
+model's window blended with Gaussian weights. No overview pass decides where to look, so a tall image's
+shafts are segmented like its joint. The femorotibial joint centre is reported from the result.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from .io import validate_image
+from .laterality import drop_specks, laterality_of
+from .n4 import n4_correct
+from .postprocess import clean_labels, probabilities_to_labels, resample_channels
+from .preprocess import RoiBox, image_center, joint_center, model_grid_around, prepare_input, whole_image_grid
+from ..progress import CancelToken, Progress, StageProgress, no_progress
+
+if TYPE_CHECKING:
+    from ..models.store import LoadedModel
+
+STAGES = {"N4 bias correction": 25, "Segmenting": 60, "Post-processing": 15}
+
+
+@dataclass
+class SegmentationSettings:
+    """What a run should do; the same object backs the module's parameter node and the CLI's options."""
+
+    model: Path | str | LoadedModel | None = None  # a model version folder; None = the default model
+    device: str = "auto"
+    n4: bool = True
+    roi: RoiBox | None = None
+    tta: bool = False
+    uncertainty: bool = False
+
+
+@dataclass
+class SegmentationResult:
+    labelmap: sitk.Image  # uint8 in the input geometry: 0 background, then the label of each bone (constants)
+    uncertainty: sitk.Image | None
+    model: "object"  # ModelCard
+    device: str
+    joint_center_lps: tuple[float, float, float]
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    laterality: str | None = None  # "left" / "right" knee, from the fibula's side of the tibia (segment/laterality.py)
+    not_found: list[str] = field(default_factory=list)  # bone names absent or below laterality.MIN_BONE_ML
+    # bones the model has no output for (a 3-bone model and the Patella): not "not found", never looked for
+    not_segmented: list[str] = field(default_factory=list)
+
+
+def resolve_model(model: Path | str | LoadedModel | None) -> LoadedModel:
+    from ..models.registry import default_model
+    from ..models.store import LoadedModel, load_model  # torch: imported when a model is needed
+
+    if isinstance(model, LoadedModel):
+        return model
+    return load_model(default_model().path if model is None else Path(model))
+
+
+def _round_up(n: float, divisor: int) -> int:
+    return int(np.ceil(n / divisor) * divisor)
+
+
+def roi_grid(roi: RoiBox, spacing: tuple[float, float, float], divisor: int) -> sitk.Image:
+    """A model grid covering ``roi`` exactly (rounded up to whole network blocks)."""
+    size = [max(divisor, _round_up(min(s / sp, 1e9), divisor)) for s, sp in zip(roi.size_mm, spacing)]
+    return model_grid_around(roi.center_lps, spacing, size)
+
+
+def _timed(timings: dict[str, float], name: str, fn: Callable, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+    return out
+
+
+def run_segmentation(
+    image: sitk.Image,
+    settings: SegmentationSettings | None = None,
+    progress: Progress = no_progress,
+    cancel: CancelToken | None = None,
+) -> SegmentationResult:
+    """Segments Femur, Tibia, Fibula and Patella in ``image`` (any orientation and spacing). See module docstring."""
+    from .infer import choose_device, entropy, predict_probabilities
+
+    settings = settings or SegmentationSettings()
+    cancel = cancel or CancelToken()
+    stages = StageProgress(progress, STAGES)
+    timings: dict[str, float] = {}
+    validate_image(image)
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    model = _timed(timings, "load model", resolve_model, settings.model)
+    device, warnings = choose_device(settings.device)
+    pre = model.card.preprocessing
+    spacing, patch, norm = pre.spacing_mm, pre.patch_size, pre.normalization
+    cancel.check()
+
+    report = stages.stage("N4 bias correction")
+    if settings.n4:
+        image = _timed(timings, "n4", n4_correct, image, cancel=cancel, progress=report)
+    cancel.check()
+
+    if settings.roi is not None:
+        grid, window = roi_grid(settings.roi, spacing, model.card.network.size_divisor), patch
+    else:
+        grid, window = whole_image_grid(image, spacing, patch, model.card.network.size_divisor)
+    report = stages.stage("Segmenting")
+    prob, device, warn = _timed(timings, "network", lambda: predict_probabilities(  # input resampling included
+        model.network, prepare_input(image, grid, norm), window, device, settings.tta, report, cancel))
+    warnings.extend(warn)
+    cancel.check()
+    if settings.roi is not None:
+        center = np.asarray(settings.roi.center_lps, float)
+    else:
+        center, _ = joint_center(np.argmax(prob, axis=0), grid)
+        center = image_center(image) if center is None else center
+
+    report = stages.stage("Post-processing")
+    labels = _timed(timings, "resample back", probabilities_to_labels, prob, grid, image)
+    report(0.5)
+    labels = _timed(timings, "clean up", clean_labels, labels, image.GetSpacing(),
+                    image.GetDirection())
+    labels, not_found = drop_specks(labels, image.GetSpacing())
+    not_segmented = [name for name in not_found if name not in model.card.labels.values()]
+    not_found = [name for name in not_found if name not in not_segmented]
+    labelmap = sitk.GetImageFromArray(labels)
+    labelmap.CopyInformation(image)
+    side = laterality_of(labelmap)
+    uncertainty = None
+    if settings.uncertainty:
+        ent, box = resample_channels(entropy(prob)[None], grid, image, np.zeros(1, np.float32))
+        arr = np.zeros(labels.shape, np.float32)
+        if ent is not None:
+            lo, hi = box
+            arr[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = ent[0]
+        uncertainty = sitk.GetImageFromArray(arr)
+        uncertainty.CopyInformation(image)
+    report(1.0)
+    if not labels.any():
+        warnings.append("no bone was found; is this a knee MRI? (check the ROI and the echo)")
+    return SegmentationResult(labelmap, uncertainty, model.card, str(device), tuple(float(c) for c in center),
+                              timings, warnings, side, not_found, not_segmented)
