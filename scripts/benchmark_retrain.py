@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-random", type=int, default=4, help="held-out renders with random contrasts")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--trainer-arg", action="append", default=[], metavar="ARG",
-                   help="extra option for `python -m trainer finetune`, e.g. --trainer-arg=--crop=48,48,48")
+                   help="extra option for `python -m trainer finetune`, e.g. --trainer-arg=--steps=400")
     p.add_argument("--threads", type=int, default=0, help="torch threads for this process (0: default)")
     a = p.parse_args(argv)
     if a.threads:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
 
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.files import sha256_of
+from KneeSegmentationLib.models.card import read_card
 from KneeSegmentationLib.models.store import load_model
 from KneeSegmentationLib.learn.contract import read_result
 
 from trainer.cases import CaseSampler, load_cases
 from trainer.evaluate import evaluate
 from trainer.export import MODEL_CARD_MD, export
-from trainer.finetune import finetune
+from trainer.config import TrainConfig
+from trainer.finetune import finetune, parent_training_crop
 from trainer.train import train
 
 from trainer_data import make_tiny_dataset, tiny_config, write_case
@@ -92,6 +95,18 @@ def test_export_then_finetune_writes_a_new_version_and_keeps_the_old(dataset, ca
     assert {p.name: sha256_of(p) for p in v1.iterdir()} == before  # the parent is untouched
     with pytest.raises(Exception, match="never overwritten"):
         export(run, root, "tiny-knee", version=1)
+
+
+def test_finetuning_crops_like_the_parent_was_trained(tmp_path):
+    """InstanceNorm normalizes over the crop: fine-tuning uses the parent's training crop (from its card)."""
+    bundled = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "knee-bones" / "v3"
+    assert parent_training_crop(bundled) == tuple(read_card(bundled).training["settings"]["crop"]) == (80, 80, 80)
+    hand_written = tmp_path / "v1"
+    shutil.copytree(bundled, hand_written)
+    card = json.loads((hand_written / "model.json").read_text())
+    card["training"] = {"settings": {"crop": "big"}}
+    (hand_written / "model.json").write_text(json.dumps(card))
+    assert parent_training_crop(hand_written) == TrainConfig().crop
 
 
 def test_evaluate_writes_metrics_for_rendered_and_corrected_cases(dataset, cases, tmp_path):

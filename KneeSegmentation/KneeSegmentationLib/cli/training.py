@@ -52,7 +52,7 @@ def add_training_commands(sub: argparse._SubParsersAction) -> dict[str, Callable
     p.add_argument("--device", default="auto", help="device of the comparison")
     p.add_argument("--no-n4", action="store_true", help="comparison without N4")
     p.add_argument("--trainer-arg", action="append", default=[], metavar="ARG",
-                   help="extra option for `python -m trainer finetune` (repeat), e.g. --trainer-arg=--crop=48,48,48")
+                   help="extra option for `python -m trainer finetune` (repeat), e.g. --trainer-arg=--steps=400")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
     p = sub.add_parser("select", help="make a model version the default (rollback to an older one)")

@@ -30,7 +30,7 @@ class RetrainSettings:
     make_default: str = "auto"  # "auto": only if better on held-out cases; "yes"; "no"
     device: str = "auto"  # for the comparison
     n4: bool = True  # the comparison segments like the module does by default
-    trainer_args: tuple[str, ...] = ()  # extra ``trainer finetune`` options, e.g. ("--crop", "48,48,48")
+    trainer_args: tuple[str, ...] = ()  # extra ``trainer finetune`` options, e.g. ("--steps", "400")
     python: str = field(default_factory=lambda: default_python())
 
 
