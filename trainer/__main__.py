@@ -35,6 +35,26 @@ def _spacing(text: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(f"{text!r}: give one spacing or three (x,y,z), e.g. 1.5 or 1.5,1.5,3") from None
 
 
+# The scalar options of `train` and `finetune`: flag, type, help; each defaults to the TrainConfig field of
+# the flag's name (--val-every -> val_every).
+_SCALAR_OPTIONS = (
+    ("--batch", int, "samples per step"),
+    ("--lr", float, "peak learning rate (AdamW)"),
+    ("--steps", int, "training steps"),
+    ("--warmup", int, "linear warm-up steps before the cosine decay"),
+    ("--val-every", int, "validate every N steps"),
+    ("--val-cases", int, "validation images per check"),
+    ("--patience", int, "stop after N validations without improvement"),
+    ("--checkpoint-every", int, "write RUN/last.pt every N steps"),
+    ("--log-every", int, "log every N steps"),
+    ("--seed", int, "random seed (synthesis, initialization)"),
+    ("--max-minutes", float, "stop cleanly after this long"),
+    ("--budget-minutes", float, "fit the number of steps (and the LR decay) to this wall-clock budget"),
+    ("--threads", int, "torch CPU threads (0: default)"),
+    ("--workers", int, "background processes rendering the next batches (0: in the training process)"),
+)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--dataset", required=True, type=Path, help="folder written by `prepare`")
@@ -45,22 +65,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="model grid spacing (mm): one number, or three (x,y,z) e.g. 1.5,1.5,3")
     p.add_argument("--patch", type=_ints, default=d.patch, help="inference window (voxels), e.g. 96,96,96")
     p.add_argument("--crop", type=_ints, default=d.crop, help="training sample size (voxels)")
-    p.add_argument("--batch", type=int, default=d.batch, help="samples per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
-    p.add_argument("--steps", type=int, default=d.steps, help="training steps")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps before the cosine decay")
-    p.add_argument("--val-every", type=int, default=d.val_every, help="validate every N steps")
-    p.add_argument("--val-cases", type=int, default=d.val_cases, help="validation images per check")
-    p.add_argument("--patience", type=int, default=d.patience, help="stop after N validations without improvement")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="write RUN/last.pt every N steps")
-    p.add_argument("--log-every", type=int, default=d.log_every, help="log every N steps")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (synthesis, initialization)")
-    p.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop cleanly after this long")
-    p.add_argument("--budget-minutes", type=float, default=d.budget_minutes,
-                   help="fit the number of steps (and the LR decay) to this wall-clock budget")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: default)")
-    p.add_argument("--workers", type=int, default=d.workers,
-                   help="background processes rendering the next batches (0: in the training process)")
+    for flag, kind, text in _SCALAR_OPTIONS:
+        p.add_argument(flag, type=kind, default=getattr(d, flag[2:].replace("-", "_")), help=text)
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--fresh", action="store_true", help="do not resume from RUN/last.pt")
 

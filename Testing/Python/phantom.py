@@ -72,3 +72,17 @@ def phantom(size=(64, 64, 48), spacing=(2.0, 2.0, 2.5), center=(0.0, 0.0, 0.0), 
     grid = centered_grid(size, spacing, center, direction)
     labels = phantom_labels(grid, center)
     return phantom_image(labels, seed=seed), labels
+
+
+def four_bones(direction=None, size=(48, 44, 20), spacing=(1.2, 1.1, 3.0)):
+    """(image, labels) of the phantom with a Patella block painted into a corner of its background: all four
+    bone classes, for tests of segment names, colours and files (the phantom itself has three bones)."""
+    from KneeSegmentationLib.constants import PATELLA
+
+    image, labels = phantom(size=size, spacing=spacing, direction=direction)
+    array = sitk.GetArrayFromImage(labels)
+    block = array[2:6, 2:10, 2:10]
+    block[block == 0] = PATELLA.label
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(labels)
+    return image, out

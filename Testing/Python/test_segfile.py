@@ -5,32 +5,22 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KneeSegmentationLib.constants import BONES, MODEL_TAG, PATELLA
+from KneeSegmentationLib.constants import BONES
 from KneeSegmentationLib.errors import InputError
 from KneeSegmentationLib.scene.mrml import volume_node_from_image
 from KneeSegmentationLib.results.segfile import read_seg_nrrd, write_seg_nrrd
 from KneeSegmentationLib.scene.segments import load_segmentation, model_tag_of, segmentation_to_labelmap, terminology_entry
 from KneeSegmentationLib.results.terminology import terminology_string
 
-from phantom import phantom
+from phantom import four_bones
 
 OBLIQUE = sitk.VersorTransform((0.2, -0.4, 1.0), 0.6).GetMatrix()
-
-
-def _four_bones(direction):
-    image, labels = phantom(size=(48, 44, 20), spacing=(1.2, 1.1, 3.0), direction=direction)
-    array = sitk.GetArrayFromImage(labels)
-    block = array[2:6, 2:10, 2:10]
-    block[block == 0] = PATELLA.label
-    out = sitk.GetImageFromArray(array)
-    out.CopyInformation(labels)
-    return image, out
 
 
 @pytest.mark.parametrize("direction", [None, OBLIQUE, (0, 0, -1, 1, 0, 0, 0, -1, 0)])
 @pytest.mark.parametrize("laterality", [None, "left"])
 def test_slicer_reads_our_seg_nrrd_exactly(scene, tmp_path, direction, laterality):
-    image, labels = _four_bones(direction)
+    image, labels = four_bones(direction)
     path = write_seg_nrrd(labels, tmp_path / "knee.seg.nrrd", model_tag="tiny/v1", laterality=laterality)
     node = load_segmentation(scene, path)
     segmentation = node.GetSegmentation()
@@ -63,7 +53,7 @@ def test_terminology_matches_slicers_serializer_and_parses():
 
 
 def test_empty_labelmap_and_own_reader(scene, tmp_path):
-    _, labels = _four_bones(None)
+    _, labels = four_bones(None)
     empty = sitk.Image(labels.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(labels)
     node = load_segmentation(scene, write_seg_nrrd(empty, tmp_path / "empty.seg.nrrd"))
@@ -75,7 +65,7 @@ def test_empty_labelmap_and_own_reader(scene, tmp_path):
 
 
 def test_refuses_bad_suffix_and_foreign_labels(tmp_path):
-    _, labels = _four_bones(None)
+    _, labels = four_bones(None)
     with pytest.raises(InputError, match="seg.nrrd"):
         write_seg_nrrd(labels, tmp_path / "knee.nrrd")
     with pytest.raises(InputError, match="not bones"):

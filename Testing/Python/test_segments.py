@@ -11,7 +11,7 @@ from KneeSegmentationLib.scene.mrml import image_from_volume_node, volume_node_f
 from KneeSegmentationLib.scene.segments import (labelmap_to_segmentation, load_segmentation, save_segmentation,
                                           segmentation_to_labelmap, terminology_entry)
 
-from phantom import phantom
+from phantom import four_bones, phantom
 
 OBLIQUE = sitk.VersorTransform((0.2, -0.4, 1.0), 0.6).GetMatrix()
 
@@ -32,14 +32,8 @@ def test_volume_node_geometry_round_trip(scene, direction):
 
 def _labels_and_volume(scene, direction=OBLIQUE):
     """The phantom's three bones plus a Patella block in its background: all four classes."""
-    image, labels = phantom(size=(48, 44, 20), spacing=(1.2, 1.1, 3.0), direction=direction)
-    array = sitk.GetArrayFromImage(labels)
-    block = array[2:6, 2:10, 2:10]
-    block[block == 0] = PATELLA.label
-    with_patella = sitk.GetImageFromArray(array)
-    with_patella.CopyInformation(labels)
-    volume = volume_node_from_image(scene, image, "knee")
-    return with_patella, volume
+    image, labels = four_bones(direction)
+    return labels, volume_node_from_image(scene, image, "knee")
 
 
 def test_segments_have_names_colours_terminology(scene):

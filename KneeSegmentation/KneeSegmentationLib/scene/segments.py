@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..files import write_atomically
 from .mrml import image_from_volume_node, segmentations_logic, volume_node_from_image
 from ..results.segfile import check_bone_labelmap
+from ..segment.io import header_reader
 from ..results.terminology import terminology_string
 
 
@@ -189,12 +190,7 @@ def segmentation_grid_mismatch(path: str | Path, image: sitk.Image) -> str | Non
     origin this implies must match ``image``, as a labelmap file's grid must (``cases.geometry_mismatch``)."""
     from ..learn.cases import GEOMETRY_RTOL
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise InputError(f"{Path(path).name}: unreadable segmentation ({str(e).strip().splitlines()[-1]})") from None
+    reader = header_reader(path, "could not be read as a segmentation")
     if reader.GetDimension() != 3:
         return f"a {reader.GetDimension()}D segmentation"
     spacing, direction = np.array(reader.GetSpacing()), np.array(reader.GetDirection()).reshape(3, 3)

@@ -113,13 +113,22 @@ def check_header(reader: sitk.ImageFileReader, name: str) -> None:
         check_direction(reader.GetDirection(), name)
 
 
-def _read_file(path: Path) -> sitk.Image:
+def header_reader(path: str | os.PathLike, failure: str, private_tags: bool = True) -> sitk.ImageFileReader:
+    """A reader holding the header of ``path`` and no voxels (sizes are checked before anything is allocated);
+    an unreadable file is an ``InputError``: "<file name> <failure>: <ITK's first line>"."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    if not private_tags:
+        reader.LoadPrivateTagsOff()
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
-        raise InputError(f"{path.name} could not be read as an image: {_first_line(error)}") from None
+        raise InputError(f"{Path(path).name} {failure}: {_first_line(error)}") from None
+    return reader
+
+
+def _read_file(path: Path) -> sitk.Image:
+    reader = header_reader(path, "could not be read as an image")
     check_header(reader, path.name)
     try:
         return reader.Execute()
@@ -158,6 +167,9 @@ class _EchoGroup:
     slices: list[_Slice]
 
 
+NOT_DICOM = "is not a readable DICOM file"
+
+
 def _read_dicom(path: Path, echo: int | None) -> sitk.Image:
     groups = _echo_groups(path)
     index = 0 if echo is None else echo
@@ -165,12 +177,7 @@ def _read_dicom(path: Path, echo: int | None) -> sitk.Image:
         raise InputError(f"Echo {echo} does not exist in {path.name}; available echoes: {_describe(groups)}.")
     group = groups[index]
     files = [s.file for s in group.slices]
-    first = sitk.ImageFileReader()
-    first.SetFileName(files[0])
-    try:
-        first.ReadImageInformation()
-    except RuntimeError as error:
-        raise InputError(f"{Path(files[0]).name} is not a readable DICOM file: {_first_line(error)}") from None
+    first = header_reader(files[0], NOT_DICOM)
     if first.GetPixelID() in COMPLEX_PIXELS:
         raise InputError(f"The DICOM series in {path.name} holds complex voxels; a magnitude image is needed.")
     check_input_size((*first.GetSize()[:2], len(files)), f"The DICOM series in {path.name}")
@@ -217,13 +224,7 @@ def _series_files(path: Path) -> list[str]:
 
 
 def _read_slice_header(file: str) -> _Slice:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(file)
-    reader.LoadPrivateTagsOff()
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise InputError(f"{Path(file).name} is not a readable DICOM file: {_first_line(error)}") from None
+    reader = header_reader(file, NOT_DICOM, private_tags=False)
 
     def numbers(tag: str) -> list[float] | None:
         if not reader.HasMetaDataKey(tag):
