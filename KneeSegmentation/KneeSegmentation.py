@@ -150,7 +150,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run = None  # BackgroundRun in progress
         self._runTarget = None  # (volume, output node or None, overwrite)
         self._modelPaths: list[str] = []
-        self._choices = {}  # model path -> ModelChoice
+        self._choices = {}  # model path -> KneeSegmentationLib.scene.choices.ModelChoice
         self._timer = None
         self._retrain = None  # RetrainJob in progress (a child process; see KneeSegmentationLib/learn/retrain.py)
         self._retrainTimer = None
@@ -272,10 +272,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, choice.summary, qt.Qt.ToolTipRole)
                 self._modelPaths.append(str(choice.path))
             self._choices = {str(c.path): c for c in choices}
-            try:
-                default = self._choices.get(str(self.logic.segmentation.default_model_path()))
-            except KneeSegError:  # no model installed: _showModelInfo says so
-                default = None
+            default = next((c for c in choices if c.is_default), None)  # none installed: _showModelInfo says so
             if default is not None:
                 self.ui.modelComboBox.setItemData(0, default.summary, qt.Qt.ToolTipRole)
             self.ui.modelComboBox.blockSignals(wasBlocked)
@@ -302,11 +299,9 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except KneeSegError as error:
                 self.ui.modelInfoLabel.text = str(error)
                 return
-        choice = choices.get(path)
-        self.ui.modelInfoLabel.text = choice.summary if choice else path
-        version = next((v for v in self.logic.training.versions() if str(v.path) == path), None)
-        if version is not None:
-            self.ui.modelInfoLabel.text += "\n" + version.summary + (_(" (default)") if version.is_default else "")
+        choice = choices.get(path)  # one record: choices.ModelChoice
+        self.ui.modelInfoLabel.text = (choice.summary + "\n" + choice.user_summary
+                                       + (_(" (default)") if choice.is_default else "")) if choice else path
         self.ui.modelInfoLabel.toolTip = choice.description if choice else ""
 
     def refreshEchoes(self, *args) -> None:
@@ -569,7 +564,7 @@ class KneeSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Could not change the default model."), waitCursor=True):
             self.logic.training.select_version(self._modelPaths[index])
-            self._showModelInfo(self._modelPaths[index])
+            self.refreshModels()  # the default flag and the default entry's tooltip change
 
     def onShow3D(self, visible: bool) -> None:
         segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None

@@ -17,8 +17,9 @@ from KneeSegmentationLib.constants import BONES, MODEL_TAG
 from KneeSegmentationLib.errors import Cancelled, InputError, KneeSegError, ModelError
 from KneeSegmentationLib.scene.echoes import (FRAME_LABELS_ATTRIBUTE, FRAME_TAG_ATTRIBUTE, FRAME_UNITS_ATTRIBUTE, echo_count,
                                         echo_labels, image_for_echo)
-from KneeSegmentationLib.scene.logic import (BackgroundRun, OutputNotEmpty, SegmentationLogic, format_metrics, roi_box_from_node,
-                                      scene_node_ids, segment_names)
+from KneeSegmentationLib.models.card import format_metrics
+from KneeSegmentationLib.scene.logic import (BackgroundRun, OutputNotEmpty, SegmentationLogic, roi_box_from_node,
+                                             scene_node_ids, segment_names)
 from KneeSegmentationLib.scene.mrml import volume_node_from_image
 from KneeSegmentationLib.segment.pipeline import SegmentationSettings, run_segmentation
 from KneeSegmentationLib.scene.segments import labelmap_to_segmentation, segmentation_to_labelmap, show_3d
@@ -245,6 +246,7 @@ def test_model_choices_show_versions_and_metrics(logic, tiny_model):
     choices = logic.model_choices()
     assert [c.label for c in choices] == ["tiny-phantom v1"] and choices[0].path == tiny_model
     assert choices[0].summary == "Tiny phantom v1 — Femur, Tibia, Fibula; no held-out validation recorded"
+    assert choices[0].is_default and choices[0].user_summary == "bundled"
     assert logic.default_model_path() == tiny_model
     assert format_metrics({"dice": {"Femur": 0.951, "Tibia": 0.94}, "hd95_mm": 12.34}) == \
         "dice Femur 0.951, dice Tibia 0.940, hd95_mm 12.3"

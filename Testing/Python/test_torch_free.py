@@ -1,5 +1,6 @@
 """What runs before torch is installed, checked in a fresh interpreter: the commands that only read model cards
-(``models``, ``info``, ``select``) and the echo list of the Slicer module (``echoes``)."""
+(``models``, ``info``, ``select``), the echo list of the Slicer module (``echoes``) and its model picker's
+records (``choices``)."""
 from __future__ import annotations
 
 import json
@@ -60,3 +61,18 @@ print(echo_count(multi), echo_labels(multi)[2], "torch" in sys.modules)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "3 Echo 3 (18.9) False"
+
+
+def test_the_model_pickers_records_are_built_without_torch(tiny_model, tmp_path):
+    code = """
+import sys
+from pathlib import Path
+from KneeSegmentationLib.scene.choices import model_choices
+[choice] = model_choices([Path(sys.argv[1])], Path(sys.argv[2]))
+print(choice.label, choice.is_default, "torch" in sys.modules)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LIB_PARENT), str(LIB_PARENT.parent)])}
+    proc = subprocess.run([sys.executable, "-c", code, str(tiny_model.parents[1]), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "tiny-phantom v1 True False"

@@ -41,9 +41,9 @@ from ..constants import MODEL_TAG
 from .echoes import image_for_echo
 from ..errors import Cancelled, InputError, KneeSegError
 from ..segment.infer import available_devices
-from ..models.card import format_metrics, plain_summary
-from ..models.registry import ModelEntry, default_model, list_models
+from ..models.registry import default_model
 from ..models.store import LoadedModel, load_model
+from .choices import ModelChoice, model_choices
 from .mrml import volume_node_from_image
 from ..segment.pipeline import SegmentationResult, SegmentationSettings, run_segmentation
 from ..segment.preprocess import RoiBox
@@ -201,17 +201,6 @@ class BackgroundRun:
 
 
 # ---------------------------------------------------------------------------------------------------- logic
-@dataclass(frozen=True)
-class ModelChoice:
-    """A model version for the picker: what to show and where it is."""
-
-    label: str
-    path: Path
-    metrics: str
-    description: str
-    summary: str = ""  # modelcard.plain_summary: bones, training data, held-out Dice in plain words
-
-
 class SegmentationLogic:
     """Runs the knee segmentation on volume nodes of one MRML scene.
 
@@ -221,17 +210,17 @@ class SegmentationLogic:
     >>> ... status = run.poll() ... ; seg = logic.apply(status.result, volume_node)  # on the GUI thread
     """
 
-    def __init__(self, scene, model_roots: Iterable[Path] | None = None) -> None:
+    def __init__(self, scene, model_roots: Iterable[Path] | None = None, models_root: Path | str | None = None) -> None:
         self.scene = scene
         self.model_roots = list(model_roots) if model_roots is not None else None
+        self.models_root = Path(models_root) if models_root is not None else None  # user metrics; None: the user's
         self._models: dict[Path, LoadedModel] = {}
         self._models_lock = threading.Lock()
 
     # -- choices for the panel
     def model_choices(self) -> list[ModelChoice]:
-        entries: list[ModelEntry] = list_models(self.model_roots)
-        return [ModelChoice(f"{e.name} v{e.version}", e.path, format_metrics(e.card.metrics), e.card.description,
-                            plain_summary(e.card)) for e in entries]
+        """The picker's records (``choices.model_choices``), the default marked as ``default_model_path``."""
+        return model_choices(self.model_roots, self.models_root)
 
     def default_model_path(self) -> Path:
         return default_model(self.model_roots).path

@@ -5,7 +5,7 @@
     case = training.save_case(volume_node, segmentation_node, echo)  # "Save as training case", after editing
     job = training.start_retrain(steps=200)                       # "Retrain"; poll job from a QTimer
     job.stop()                                                    # "Stop"
-    training.versions(); training.select_version(path)            # picker with metrics; rollback
+    training.model_choices(); training.select_version(path)       # picker with metrics; rollback
 
 The model's first result is kept as a hidden labelmap node referenced by the segmentation node (reference role
 ``KneeSegmentation.ModelOutput``), so it is saved with the scene and a case saved later still knows how much
@@ -13,7 +13,7 @@ the user edited. A segmentation without it is saved without the edit record (``c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -22,36 +22,16 @@ import SimpleITK as sitk
 from ..learn.cases import CaseInfo, list_cases, save_training_case
 from ..constants import MODEL_TAG
 from ..errors import InputError
-from ..models.registry import default_model, list_models, select_default_model
+from ..models.registry import default_model, select_default_model
 from ..paths import bundled_models_root, training_cases_dir, user_models_root
+from .choices import ModelChoice, model_choices
 from .mrml import image_from_volume_node, volume_node_from_image
 from ..learn.retrain import RetrainJob
-from ..learn.compare import user_metrics_for
 from ..learn.status import RetrainSettings
 from .segments import model_tag_of
 
 MODEL_OUTPUT_ROLE = "KneeSegmentation.ModelOutput"
 MODEL_OUTPUT_SUFFIX = " model output"
-
-
-@dataclass(frozen=True)
-class VersionChoice:
-    """A model version for the picker: label, folder, whether it is the default, and its metrics."""
-
-    label: str
-    path: Path
-    is_default: bool
-    parent: str | None
-    card_metrics: dict
-    user_metrics: dict | None  # Dice on the user's cases beside the parent's (retrained versions only)
-
-    @property
-    def summary(self) -> str:
-        if not self.user_metrics:
-            return "bundled" if not self.parent else f"from {self.parent}"
-        m, p = self.user_metrics["metrics"], self.user_metrics["parent_metrics"]
-        kind = "held-out" if self.user_metrics.get("held_out") else "seen"
-        return f"Dice on your {kind} cases {m['score']:.3f} (was {p['score']:.3f} with {self.user_metrics['parent']})"
 
 
 # ----------------------------------------------------------------------------------- the model's output
@@ -137,13 +117,9 @@ class TrainingLogic:
     def default_version(self) -> Path:
         return default_model(self._roots()).path
 
-    def versions(self) -> list[VersionChoice]:
-        default = self.default_version().resolve()
-        out = []
-        for e in list_models(self._roots()):
-            out.append(VersionChoice(f"{e.name} v{e.version}", e.path, e.path.resolve() == default, e.card.parent,
-                                     e.card.metrics, user_metrics_for(e.path, self.models_root)))
-        return out
+    def model_choices(self) -> list[ModelChoice]:
+        """The picker's records (``choices.model_choices``): the default and the user metrics of these roots."""
+        return model_choices(self._roots(), self.models_root)
 
     def select_version(self, model_dir: Path | str) -> None:
         """Makes ``model_dir`` the default from now on (also a rollback to an older version)."""
