@@ -7,7 +7,7 @@ C++ allocations that tracemalloc misses) belongs to that case alone. Times are w
 threads) are printed beside them because a shared machine inflates wall time but hardly CPU time.
 
     python scripts/benchmark.py                       # default model, all cases (the default N4 takes minutes)
-    python scripts/benchmark.py --model Resources/Models/knee-bones/v1 --device cpu
+    python scripts/benchmark.py --model Resources/Models/knee-bones/v3 --device cpu
     python scripts/benchmark.py --timing-model 8,16,32,64   # random weights of that size, when no model exists yet
     python scripts/benchmark.py --cases n4-sample            # one case
     python scripts/benchmark.py --cases process-sample --repeat 3   # the whole `kneeseg segment` process

@@ -17,7 +17,7 @@ The simulation, all seeded:
    - ``same contrast, other anatomy``: renders of the training maps (fibula included) with that contrast;
    - ``forgetting``: renders of the held-out map with random contrasts (the ones it was fine).
 
-    python scripts/benchmark_retrain.py --model Resources/Models/knee-bones/v1 --dataset runs/dataset \\
+    python scripts/benchmark_retrain.py --model Resources/Models/knee-bones/v4 --dataset runs/dataset3 \\
         --steps 150 --out runs/benchmark_retrain
     python scripts/benchmark_retrain.py --model Testing/Data/Models/tiny-phantom/v1 --dataset /tmp/tinyds \\
         --heldout-map val_nofib --steps 3 --n-train 2 --n-test 2 --candidates 3 --probe 1     # smoke run

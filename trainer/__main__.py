@@ -7,7 +7,7 @@ Typical session::
     python -m trainer train --dataset runs/dataset --run-dir runs/v1  # resumes if runs/v1/last.pt exists
     python -m trainer evaluate --run-dir runs/v1 --out runs/v1/eval
     python -m trainer export --run-dir runs/v1 --eval runs/v1/eval --root Resources/Models --version 1
-    python -m trainer finetune --model Resources/Models/knee-bones/v1 --cases my_cases --dataset runs/dataset \\
+    python -m trainer finetune --model Resources/Models/knee-bones/v4 --cases my_cases --dataset runs/dataset \\
         --run-dir runs/ft1                                           # writes a NEW version to the user models
 """
 from __future__ import annotations

@@ -96,4 +96,4 @@ def test_models_lists_versions_with_their_dice_and_marks_the_default(tmp_path, m
     lines = capsys.readouterr().out.splitlines()
     marked = [line for line in lines if line.startswith("* ")]
     assert len(marked) == 1 and marked[0].split()[1] == oldest.card.tag
-    assert any(line.strip().startswith("Dice ") and "Femur 0." in line for line in lines)
+    assert any(line.startswith("    ") and "Dice Femur 0." in line for line in lines)  # each version's figures

@@ -3,7 +3,7 @@
     kneeseg save-case knee.nrrd knee-corrected.seg.nrrd --original knee-model.seg.nrrd [--dataset DIR]
     kneeseg cases [--dataset DIR]
     kneeseg retrain [--cases DIR] [--model MODEL] [--steps N] [--synthetic DIR] [--make-default auto|yes|no]
-    kneeseg select knee-bones/v1          # or a model folder: the default model from now on (rollback)
+    kneeseg select knee-bones/v3          # or a model folder: the default model from now on (rollback)
 
 The corrected (and original) segmentation may be a Slicer ``.seg.nrrd`` (exported onto the image's grid
 through MRML, exactly) or a labelmap file (0 background, 1 Femur, 2 Tibia, 3 Fibula, 4 Patella) on the image's grid.
