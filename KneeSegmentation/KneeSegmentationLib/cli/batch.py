@@ -115,6 +115,7 @@ def run_batch(in_dir: Path, out_dir: Path, options: BatchOptions, settings, shar
     import SimpleITK as sitk
     from tqdm import tqdm
 
+    from ..results.statistics import absent_bones
     from ..segment.io import read_image
     from ..segment.pipeline import resolve_model, run_segmentation
 
@@ -144,9 +145,7 @@ def run_batch(in_dir: Path, out_dir: Path, options: BatchOptions, settings, shar
             labels = sitk.GetArrayViewFromImage(result.labelmap)
             voxel_ml = float(np.prod(result.labelmap.GetSpacing())) / 1000.0
             volumes = {b.name: round(float(np.count_nonzero(labels == b.label)) * voxel_ml, 1) for b in BONES}
-            missing = "; ".join(
-                [f"not found: {', '.join(result.not_found)}"] * bool(result.not_found)
-                + [f"not segmented by this model: {', '.join(result.not_segmented)}"] * bool(result.not_segmented))
+            missing = "; ".join(absent_bones(result))
             reports[case.name] = CaseReport(case.name, "done", missing, volumes, result.laterality,
                                             time.perf_counter() - t0)
         except KeyboardInterrupt:

@@ -64,16 +64,19 @@ def write_statistics(stats: dict, path: str | Path) -> Path:
     return write_text_atomically(path, buffer.getvalue())
 
 
+def absent_bones(result) -> list[str]:
+    """What a result lacks, as ``kneeseg``, the panel and a batch report say it: ``not found: Fibula`` (looked
+    for, absent) and ``not segmented by this model: Patella`` (a model without that output)."""
+    return ([f"not found: {', '.join(result.not_found)}"] * bool(result.not_found)
+            + [f"not segmented by this model: {', '.join(result.not_segmented)}"] * bool(result.not_segmented))
+
+
 def result_line(result) -> str:
     """A segmentation result in one line, as ``kneeseg segment`` prints it and the Slicer panel shows it:
-    ``Femur 218.8 ml, Tibia 153.7 ml; right knee; not found: Fibula``, and ``not segmented by this model:
-    Patella`` for a model without that output. ``result`` is a ``pipeline.SegmentationResult``."""
+    ``Femur 218.8 ml, Tibia 153.7 ml; right knee; not found: Fibula`` (then ``absent_bones``). ``result`` is a
+    ``pipeline.SegmentationResult``."""
     stats = segment_statistics(None, result.labelmap, result.laterality)
-    absent = set(result.not_found) | set(getattr(result, "not_segmented", []))
+    absent = set(result.not_found) | set(result.not_segmented)
     found = [f"{s['segment']} {s['volume_ml']:.1f} ml" for s in stats["segments"] if s["segment"] not in absent]
     parts = [", ".join(found) or "no bone found", f"{result.laterality} knee" if result.laterality else "side unknown"]
-    if result.not_found:
-        parts.append("not found: " + ", ".join(result.not_found))
-    if getattr(result, "not_segmented", None):
-        parts.append("not segmented by this model: " + ", ".join(result.not_segmented))
-    return "; ".join(parts)
+    return "; ".join(parts + absent_bones(result))
