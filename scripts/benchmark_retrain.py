@@ -52,11 +52,10 @@ from KneeSegmentationLib.learn.status import RetrainSettings  # noqa: E402
 
 from trainer.dataset import load_dataset  # noqa: E402
 from trainer.generator import Generator, Sample  # noqa: E402
+from trainer.shapemodel import MAP_ID_PREFIX  # noqa: E402
 
 CASE_OFFSET_MM = 10.0  # case windows centred within ±this of the joint (as the trainer's evaluation)
 SEED_PROBE, SEED_TRAIN, SEED_TEST, SEED_OTHER, SEED_RANDOM = 1000, 2000, 3000, 4000, 5000
-# Shape-model knees (ids from trainer.shapemodel) are hundreds; "other anatomy" means the few real label maps.
-SHAPE_MODEL_PREFIX = "llp26_"
 
 
 class FixedContrastGenerator(Generator):
@@ -198,7 +197,7 @@ def main(argv=None) -> int:
 
     # 4. before / after
     test = render(fixed, held, a.n_test, SEED_TEST)
-    wanted = set(a.other_maps.split(",")) if a.other_maps else {m.id for m in maps if not m.id.startswith(SHAPE_MODEL_PREFIX)}
+    wanted = set(a.other_maps.split(",")) if a.other_maps else {m.id for m in maps if not m.id.startswith(MAP_ID_PREFIX)}
     others = [s for i, m in enumerate(maps) if i != held and m.id in wanted
               for s in render(fixed, i, a.n_other, SEED_OTHER + i)]
     randoms = render(random_gen, held, a.n_random, SEED_RANDOM)

@@ -57,6 +57,7 @@ VERSION = "0.2.4"
 SDIST = Sdist(PACKAGE, VERSION, "4aec4179318a084b1de3a4fe5553803bf13134fbb011ca244a24300f4fedfb1c")
 SDIST_NAME = SDIST.file_name
 ARCHIVE_ROOT = SDIST.archive_root
+MAP_ID_PREFIX = "llp26_"  # the map id of every shape-model knee starts so (llp26_<side>_<seed>)
 EXTRACTED_DIR = f"llp26-{PACKAGE}-{VERSION}"
 LICENCE = "MPL-2.0"
 SOURCE = f"LLP26 shape model, {PACKAGE} {VERSION} sdist"
@@ -290,7 +291,7 @@ def write_shape_maps(out_dir: Path, count: int, first_seed: int, role: str = "tr
         vols = info["volumes_ml"]
         note = (f"LLP26 shape-model {side} knee, seed {seed}, modes at N(0, {sd}^2); femur {vols['femur']} ml, "
                 f"tibia {vols['tibia']} ml, patella {vols['patella']} ml, fibula {vols['fibula']} ml")
-        kwargs = dict(id=f"llp26_{side}_{seed:04d}", path=path, role=role, labels=dict(T.MSKT_LABELS), note=note)
+        kwargs = dict(id=f"{MAP_ID_PREFIX}{side}_{seed:04d}", path=path, role=role, labels=dict(T.MSKT_LABELS), note=note)
         if has_meta:
             kwargs["meta"] = {"source": SOURCE, "licence": LICENCE, "seed": seed, "side": side, "modes_sd": sd}
         sources.append(SourceMap(**kwargs))
