@@ -3,8 +3,9 @@
 Each source label map is resampled once (nearest neighbour) onto an identity-direction grid of
 ``PREPARE_SPACING_MM`` (fine enough for the 1.5 mm model grid rendered with 2x supersampling, small enough
 to sample from fast), and its labels are turned into generation labels (``tissues.py``): bones with their
-cortical rim, cartilage, menisci, patella, and the unlabelled background split into fluid, muscle, fat and
-air by distance bands and a smooth random field (an intensity-free clustering). The dataset folder holds one
+cortical rim, cartilage, menisci, patella, the tendons at its poles (``tendons.py``), and the unlabelled
+background split into fluid, muscle, fat and air by distance bands and a smooth random field (an
+intensity-free clustering). The dataset folder holds one
 compressed NRRD per map and ``manifest.json`` (ids, roles, source files and their SHA-256, spacing, voxel
 counts, knee joint centre). Which maps are held out for validation is recorded there, not implied.
 """
@@ -30,6 +31,7 @@ from KneeSegmentationLib.segment.preprocess import joint_center, model_grid_arou
 
 from . import ranges as R
 from . import tissues as T
+from .tendons import add_tendons
 
 FORMAT = "kneeseg-synth-dataset/1"
 MANIFEST = "manifest.json"
@@ -140,7 +142,8 @@ def generation_labels(names: np.ndarray, outside: np.ndarray, spacing: float, se
     gen[unlabelled & (dist > leg - R.SUBCUTANEOUS_FAT_MM)] = T.FAT
     gen[unlabelled & (dist > leg)] = T.AIR
     gen[outside] = T.OUTSIDE
-    return gen
+    femur, tibia, patella = (names == NAME_ORDER.index(bone) for bone in ("femur", "tibia", "patella"))
+    return add_tendons(gen, femur, tibia, patella, spacing, np.random.default_rng(seed + 2))
 
 
 NAME_ORDER = ["", "femur", "tibia", "fibula", "patella", "femoral cartilage", "tibial cartilage",

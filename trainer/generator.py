@@ -216,6 +216,8 @@ class Generator:
             means[T.FLUID] = means[T.FAT]
         if rng.random() < R.CORTEX_DARK_P:
             means[list(T.CORTICES)] = rng.uniform(*R.CORTEX_DARK_RANGE)
+        if rng.random() < R.TENDON_DARK_P:
+            means[T.TENDON] = rng.uniform(*R.TENDON_DARK_RANGE)
         if rng.random() < R.AIR_DARK_P:
             means[T.AIR] = rng.uniform(*R.AIR_DARK_RANGE)
         means[T.OUTSIDE] = stds[T.OUTSIDE] = 0.0

@@ -78,3 +78,13 @@ SUBCUTANEOUS_FAT_MM = 8.0  # fat layer just inside the leg outline
 MUSCLE_FRACTION = 0.55  # fraction of the remaining soft tissue that becomes "muscle" (rest "fat")
 NOISE_FIELD_SIGMA_MM = 8.0  # correlation length of the random clustering field
 CORTEX_MM = 1.2  # cortical rim: bone voxels within this distance of the bone surface
+
+# --- Tendons at the patella's poles, painted once in ``prepare`` (``tendons.py``) ------------------------------
+QUADRICEPS_TENDON = {"length": (30.0, 60.0), "thickness": (5.0, 9.0), "width": (20.0, 35.0)}  # mm, uniform
+PATELLAR_TENDON = {"length": (35.0, 55.0), "thickness": (4.0, 7.0), "width": (20.0, 30.0)}  # mm, uniform
+TENDON_ANTERIOR_SHIFT_MM = (0.0, 4.0)  # the tendon's axis lies this far in front of the pole's centre
+TENDON_TILT_DEG = 12.0  # its axis tilts forward or back by up to this
+TENDON_OVERLAP_MM = 4.0  # it starts this far inside the pole (only soft tissue is painted: it meets the bone)
+TENDON_REACH_MM = 70.0  # no tendon voxel lies farther than this from the patella's bounding box
+TENDON_DARK_P = 0.9  # probability that the tendons are dark (as in every standard sequence)...
+TENDON_DARK_RANGE = (0.0, 0.12)  # ...with a mean in this range

@@ -47,7 +47,7 @@ TEXTURE_STD = 0.03  # within-tissue intensity variation on the map grid (fractio
 SIGNAL_SCALE = 1000.0  # image values: intensities below x this
 
 # --- Contrasts: fixed mean intensity of each generation label (0..1) and the noise level ----------------------
-_BASE = {T.OUTSIDE: 0.0, T.AIR: 0.01, **{c: 0.03 for c in T.CORTICES}}
+_BASE = {T.OUTSIDE: 0.0, T.AIR: 0.01, T.TENDON: 0.04, **{c: 0.03 for c in T.CORTICES}}
 
 
 def _contrast(fat, marrow, muscle, fluid, cartilage, meniscus) -> np.ndarray:

@@ -1,9 +1,9 @@
 """Generation labels: the tissues the generator paints, and how they map to the model's classes.
 
 The model predicts background, Femur, Tibia, Fibula, Patella (``KneeSegmentationLib.constants``). To render a
-plausible image the generator needs more structure than that: cartilage, menisci, the dark
-cortical rim of each bone and a few background pseudo-tissues (fluid, muscle, fat, air). Each gets its own
-random intensity per sample; ``TARGET_OF`` maps them back to the model's classes.
+plausible image the generator needs more structure than that: cartilage, menisci, the dark cortical rim of each
+bone, the tendons at the patella's poles and a few background pseudo-tissues (fluid, muscle, fat, air). Each
+gets its own random intensity per sample; ``TARGET_OF`` maps them back to the model's classes.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ TIBIA_MARROW, TIBIA_CORTEX = 7, 8
 FIBULA_MARROW, FIBULA_CORTEX = 9, 10
 PATELLA_MARROW, PATELLA_CORTEX = 11, 12
 FEMORAL_CARTILAGE, TIBIAL_CARTILAGE, PATELLAR_CARTILAGE, MENISCUS = 13, 14, 15, 16
-NUM_GEN_LABELS = 17
+TENDON = 17  # quadriceps and patellar tendon (``tendons.py``): background, usually dark
+NUM_GEN_LABELS = 18
 
 GEN_NAMES = {
     OUTSIDE: "outside", AIR: "air", FAT: "fat", MUSCLE: "muscle", FLUID: "fluid/soft tissue",
@@ -26,7 +27,7 @@ GEN_NAMES = {
     TIBIA_CORTEX: "tibia cortex", FIBULA_MARROW: "fibula marrow", FIBULA_CORTEX: "fibula cortex",
     PATELLA_MARROW: "patella marrow", PATELLA_CORTEX: "patella cortex",
     FEMORAL_CARTILAGE: "femoral cartilage", TIBIAL_CARTILAGE: "tibial cartilage",
-    PATELLAR_CARTILAGE: "patellar cartilage", MENISCUS: "meniscus",
+    PATELLAR_CARTILAGE: "patellar cartilage", MENISCUS: "meniscus", TENDON: "tendon",
 }
 MARROWS = (FEMUR_MARROW, TIBIA_MARROW, FIBULA_MARROW, PATELLA_MARROW)
 CORTICES = (FEMUR_CORTEX, TIBIA_CORTEX, FIBULA_CORTEX, PATELLA_CORTEX)
