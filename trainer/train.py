@@ -23,6 +23,7 @@ from KneeSegmentationLib.constants import BONES, NUM_CLASSES
 from KneeSegmentationLib.metrics import dice
 from KneeSegmentationLib.models.store import load_model
 from KneeSegmentationLib.models.network import UNet3D, build_network, with_classes
+from KneeSegmentationLib.segment.precision import cpu_has_fast_bf16
 from KneeSegmentationLib.learn.contract import CONFIG_FILE, TRAIN_LOG, VAL_LOG, clear_result, write_result
 
 from .config import TrainConfig
@@ -164,15 +165,6 @@ def autocast(device: torch.device, cfg: TrainConfig):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_fast_bf16())
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU has native bfloat16 matrix units (oneDNN reports AMX or AVX-512 bf16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
 
 
 def train(cfg: TrainConfig, resume: bool = True, log=print) -> dict:

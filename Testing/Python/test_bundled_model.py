@@ -141,3 +141,24 @@ def test_dice_floor_on_a_held_out_rendered_case(model, tmp_path):
     pred = prob.argmax(0)
     for name, label in (("Femur", 1), ("Tibia", 2)):
         assert dice(pred == label, s.target == label) > FLOOR_HELDOUT_DICE[name], name
+
+
+def test_bfloat16_and_float32_inference_agree_on_a_held_out_rendered_case(model, monkeypatch):
+    """bfloat16 (used where the CPU has it) may move a boundary voxel, never a bone."""
+    from trainer.dataset import LabelMap, mskt_sources, prepare_map
+    from trainer.generator import Generator
+    from KneeSegmentationLib.segment import precision
+
+    src = next(s for s in mskt_sources(mskt_data()) if s.role == "val")
+    image, entry = prepare_map(src)
+    m = LabelMap(entry["id"], "val", sitk.GetArrayFromImage(image), np.array(image.GetOrigin()),
+                 entry["spacing_mm"], np.array(entry["joint_center_lps"]), {}, entry)
+    pre = model.card.preprocessing
+    gen = Generator([m], pre.spacing_mm, tuple(pre.patch_size), pre.normalization)
+    s = gen.sample(np.random.default_rng(5), torch.Generator().manual_seed(5), map_index=0, center=m.joint_center)
+    preds = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv(precision.ENV_SWITCH, switch)
+        preds[switch] = predict_probabilities(model.network, s.image, pre.patch_size, torch.device("cpu"))[0].argmax(0)
+    for label in (1, 2, 4):
+        assert dice(preds["0"] == label, preds["1"] == label) > 0.99, label

@@ -128,7 +128,8 @@ def test_a_three_bone_model_grows_a_patella_head_that_changes_nothing():
 
 
 def test_cpu_training_uses_bfloat16_where_the_cpu_has_it():
-    from trainer.train import autocast, cpu_has_fast_bf16
+    from trainer.train import autocast
+    from KneeSegmentationLib.segment.precision import cpu_has_fast_bf16
 
     cfg = tiny_config("unused", "unused")
     net = UNet3D(UNetConfig(features=(4, 8)))

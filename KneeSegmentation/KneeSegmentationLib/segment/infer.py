@@ -16,6 +16,7 @@ import torch
 from ..constants import DEVICES  # noqa: F401 (re-exported)
 from ..errors import InputError
 from ..progress import CancelToken
+from .precision import inference_dtype
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,12 @@ def _predict_windows(
     norm = np.zeros(vol.shape, np.float32)
     weights = _gaussian_weights(window)
     starts = window_grid(vol.shape, window)
-    use_amp = device.type == "cuda"
+    amp_dtype = inference_dtype(device.type)
     for i, (z, y, x) in enumerate(starts):
         cancel.check()
         sl = (slice(z, z + window[0]), slice(y, y + window[1]), slice(x, x + window[2]))
         t = torch.from_numpy(np.ascontiguousarray(vol[sl]))[None, None].to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             prob = torch.softmax(net(t).float(), dim=1)
             if tta:  # left-right mirror: the net was trained on left and right knees
                 prob = (prob + torch.softmax(net(t.flip(-1)).float(), dim=1).flip(-1)) / 2
