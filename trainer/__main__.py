@@ -1,4 +1,4 @@
-"""``python -m trainer`` / ``kneeseg-train``: prepare, preview, train, finetune, evaluate, export.
+"""``python -m trainer`` / ``kneeseg-train``: prepare, preview, train, finetune, evaluate, calibrate, export.
 
 Typical session::
 
@@ -6,7 +6,8 @@ Typical session::
     python -m trainer preview --dataset runs/dataset --out preview.png
     python -m trainer train --dataset runs/dataset --run-dir runs/v1  # resumes if runs/v1/last.pt exists
     python -m trainer evaluate --run-dir runs/v1 --out runs/v1/eval
-    python -m trainer export --run-dir runs/v1 --eval runs/v1/eval --root Resources/Models --version 1
+    python -m trainer calibrate --model CANDIDATE --dataset runs/dataset --out runs/v1/cal  # logit offsets
+    python -m trainer export --run-dir runs/v1 --eval runs/v1/eval --calibration runs/v1/cal --version 1
     python -m trainer finetune --model Resources/Models/knee-bones/v4 --cases my_cases --dataset runs/dataset \\
         --run-dir runs/ft1                                           # writes a NEW version to the user models
 """
@@ -167,8 +168,15 @@ def cmd_export(a: argparse.Namespace) -> None:
     from .export import export
 
     notes = a.notes.read_text(encoding="utf-8") if a.notes else ""
-    out = export(a.run, a.root, a.name, a.version, a.eval, a.description, notes=notes, benchmark_dir=a.benchmark)
+    out = export(a.run, a.root, a.name, a.version, a.eval, a.description, notes=notes, benchmark_dir=a.benchmark,
+                 calibration=a.calibration)
     print(f"model written to {out}")
+
+
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    from .calibrate import run_calibration
+
+    run_calibration(a.model, a.dataset, a.out)
 
 
 def cmd_benchmark(a: argparse.Namespace) -> None:
@@ -249,7 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", type=Path, help="benchmark folder (summary.json) of these weights, for the card")
     p.add_argument("--description", default="", help="one line for the model card")
     p.add_argument("--notes", type=Path, help="Markdown appended to MODEL_CARD.md (known limits, observations)")
+    p.add_argument("--calibration", type=Path, help="calibration.json (or its folder) from `calibrate`: "
+                   "its logit offsets go into the card")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("calibrate", help="fit per-bone logit offsets on the validation maps (undoes the size "
+                       "bias of the class-weighted loss)")
+    p.add_argument("--model", required=True, type=Path, help="model version folder (e.g. an exported candidate)")
+    p.add_argument("--dataset", type=Path, default=Path("runs/dataset3"), help="dataset with val maps")
+    p.add_argument("--out", required=True, type=Path, help="folder for calibration.json")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("benchmark", help="the fixed benchmark: held-out maps in 3 planes and contrasts, full pipeline")
     p.add_argument("--model", required=True, type=Path, help="model version folder")

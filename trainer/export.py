@@ -101,9 +101,10 @@ def run_summary(run: Path, cfg: TrainConfig) -> dict:
 
 def export(run: Path, root: Path | None = None, name: str = "knee-bones", version: int | None = None,
            eval_dir: Path | None = None, description: str = "", parent: str | None = None,
-           notes: str = "", benchmark_dir: Path | None = None) -> Path:
+           notes: str = "", benchmark_dir: Path | None = None, calibration: Path | None = None) -> Path:
     """Writes the best weights of ``run`` as ``root/name/vN`` and returns the folder; ``benchmark_dir``
-    (a ``python -m trainer benchmark`` output of these weights) records the benchmark in the card."""
+    (a ``python -m trainer benchmark`` output of these weights) records the benchmark in the card,
+    ``calibration`` (a ``calibrate`` record of these weights) sets the card's logit offsets."""
     run = Path(run)
     best = best_model(run)  # the network of the run's plan, holding its best weights
     cfg, net = TrainConfig.load(run / CONFIG_FILE), best.network
@@ -115,10 +116,21 @@ def export(run: Path, root: Path | None = None, name: str = "knee-bones", versio
         metrics = json.loads(path.read_text(encoding="utf-8"))
     if benchmark_dir is not None:
         metrics["benchmark"] = benchmark_record(Path(benchmark_dir))
+    plan = best.card.plan
+    if calibration is not None:
+        from .calibrate import load_calibration
+
+        record = load_calibration(Path(calibration))
+        try:
+            plan = plan.with_offsets(record["logit_offsets"])
+        except (TypeError, ValueError) as e:
+            raise DatasetError(f"{calibration}: {e}") from e
+        metrics["calibration"] = {k: record[k] for k in ("model", "tag", "logit_offsets", "dice_before",
+                                                          "dice_after", "cases") if k in record}
     training = run_summary(run, cfg)
     training["parameters"] = count_parameters(net)
     card = ModelCard(
-        name=name, version=0, plan=best.card.plan, parent=parent,
+        name=name, version=0, plan=plan, parent=parent,
         description=description or "Femur, Tibia, Fibula and Patella in knee MRI of any contrast and orientation; "
                                    "3D U-Net trained on images synthesized from real label maps.",
         training=training, metrics=metrics)
@@ -149,6 +161,9 @@ def write_model_card_md(folder: Path, card: ModelCard, notes: str = "") -> Path:
              f"- Training: {t.get('steps')} steps (best at {t.get('best_step')}), {t.get('training_time_min')} min, "
              f"{t.get('mean_s_per_step')} s/step on {t.get('hardware')}",
              f"- Data: {t.get('data_source')}", ""]
+    if card.plan.logit_offsets:
+        lines[-1:-1] = [f"- Output calibration: logit offsets {list(card.plan.logit_offsets)} (background first), "
+                        "fitted on validation anatomy by `python -m trainer calibrate`"]
     for d in t.get("data", []):
         lines.append(f"  - `{d['id']}` ({d['role']}): {d['source']} — {d['note']}")
     lines += ["", f"- Class imbalance: {t.get('class_imbalance')}", ""]

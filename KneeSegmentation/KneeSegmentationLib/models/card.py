@@ -69,7 +69,7 @@ class ModelCard:
             "created": self.created,
             "description": self.description,
             "parent": self.parent,
-            **self.plan.card_fields(),  # "labels", "network", "input"
+            **self.plan.card_fields(),  # "labels", "network", "input"[, "output"]
             "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256},
             "training": self.training,
             "metrics": self.metrics,

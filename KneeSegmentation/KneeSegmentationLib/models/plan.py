@@ -10,6 +10,7 @@ rebuilt elsewhere (where, for instance, a per-axis spacing could silently become
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -18,6 +19,7 @@ from ..limits import check_model_card
 from .config import UNetConfig
 
 DEFAULT_NORMALIZATION = {"lower_percentile": 1.0, "upper_percentile": 99.0}
+MAX_LOGIT_OFFSET = 10.0  # a calibration offset beyond this would silence or flood a class: the card is broken
 
 
 def per_axis_spacing(value: float | Sequence[float]) -> tuple[float, float, float]:
@@ -74,16 +76,31 @@ class Preprocessing:
 class ModelPlan:
     """The network (``UNetConfig``), the preprocessing and the labels of one model.
 
-    ``labels`` left empty means the network's classes in ``BONES`` order (label value -> bone name)."""
+    ``labels`` left empty means the network's classes in ``BONES`` order (label value -> bone name).
+    ``logit_offsets`` (one per class, background first; empty = none) are added to the network's logits before
+    the softmax: a calibration fitted after training (``trainer calibrate``) that undoes the bias the training's
+    class weights leave, e.g. a thin bone weighted 3x in the loss coming out too thick. Stored in the card's
+    ``output`` field, which is absent when there are none."""
 
     network: UNetConfig = field(default_factory=UNetConfig)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     labels: dict[int, str] = field(default_factory=dict)
+    logit_offsets: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.labels:
             object.__setattr__(self, "labels",
                                {b.label: b.name for b in BONES[: self.network.out_channels - 1]})
+        offsets = tuple(float(b) for b in self.logit_offsets)
+        if offsets and (len(offsets) != self.network.out_channels
+                        or not all(math.isfinite(b) and abs(b) <= MAX_LOGIT_OFFSET for b in offsets)):
+            raise ValueError(f"logit offsets must be {self.network.out_channels} finite numbers within "
+                             f"±{MAX_LOGIT_OFFSET:g}, not {list(self.logit_offsets)}")
+        object.__setattr__(self, "logit_offsets", offsets)
+
+    def with_offsets(self, offsets: Sequence[float]) -> "ModelPlan":
+        """This plan with its output calibrated by ``offsets`` (see the class docstring)."""
+        return ModelPlan(self.network, self.preprocessing, dict(self.labels), tuple(offsets))
 
     def with_classes(self, out_channels: int) -> "ModelPlan":
         """This plan for a network grown to ``out_channels`` classes (labels: the first bones of ``BONES``)."""
@@ -91,10 +108,13 @@ class ModelPlan:
         return ModelPlan(net, self.preprocessing)
 
     def card_fields(self) -> dict:
-        """The plan's part of ``model.json``: ``labels``, ``network`` and ``input`` (the on-disk format)."""
-        return {"labels": {str(k): v for k, v in sorted(self.labels.items())},
-                "network": self.network.to_dict(),
-                "input": self.preprocessing.to_dict()}
+        """The plan's part of ``model.json``: ``labels``, ``network``, ``input`` and, when calibrated, ``output``."""
+        fields = {"labels": {str(k): v for k, v in sorted(self.labels.items())},
+                  "network": self.network.to_dict(),
+                  "input": self.preprocessing.to_dict()}
+        if self.logit_offsets:
+            fields["output"] = {"logit_offsets": list(self.logit_offsets)}
+        return fields
 
     @classmethod
     def from_card_fields(cls, d: dict) -> "ModelPlan":
@@ -102,4 +122,14 @@ class ModelPlan:
         check_model_card(d["input"]["spacing_mm"], d["input"]["patch_size"], d["network"]["features"])
         return cls(network=UNetConfig.from_dict(d["network"]),
                    preprocessing=Preprocessing.from_dict(d["input"]),
-                   labels={int(k): str(v) for k, v in d["labels"].items()})
+                   labels={int(k): str(v) for k, v in d["labels"].items()},
+                   logit_offsets=_offsets_field(d.get("output")))
+
+
+def _offsets_field(output: object) -> tuple[float, ...]:
+    """The card's ``output.logit_offsets`` (absent: none); anything but a list of numbers is a ValueError."""
+    if output is None:
+        return ()
+    if not isinstance(output, dict) or not isinstance(output.get("logit_offsets", []), list):
+        raise ValueError(f"the card's output field must hold a list of logit offsets, not {output!r:.80}")
+    return tuple(float(b) for b in output.get("logit_offsets", []))

@@ -82,6 +82,7 @@ def _predict_windows(
     tta: bool,
     report: Callable[[float], None],
     cancel: CancelToken,
+    logit_offsets: Sequence[float] = (),
 ) -> np.ndarray:
     padded_shape = [max(s, w) for s, w in zip(volume.shape, window)]
     pad = [(0, p - s) for s, p in zip(volume.shape, padded_shape)]
@@ -92,14 +93,19 @@ def _predict_windows(
     weights = _gaussian_weights(window)
     starts = window_grid(vol.shape, window)
     amp_dtype = inference_dtype(device.type)
+    offsets = torch.tensor(logit_offsets or [0.0] * n_classes, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
+
+    def softmax(logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float() + offsets, dim=1)
+
     for i, (z, y, x) in enumerate(starts):
         cancel.check()
         sl = (slice(z, z + window[0]), slice(y, y + window[1]), slice(x, x + window[2]))
         t = torch.from_numpy(np.ascontiguousarray(vol[sl]))[None, None].to(device)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            prob = torch.softmax(net(t).float(), dim=1)
+            prob = softmax(net(t))
             if tta:  # left-right mirror: the net was trained on left and right knees
-                prob = (prob + torch.softmax(net(t.flip(-1)).float(), dim=1).flip(-1)) / 2
+                prob = (prob + softmax(net(t.flip(-1))).flip(-1)) / 2
         acc[(slice(None), *sl)] += prob[0].cpu().numpy() * weights
         norm[sl] += weights
         report((i + 1) / len(starts))
@@ -115,8 +121,10 @@ def predict_probabilities(
     tta: bool = False,
     report: Callable[[float], None] = lambda f: None,
     cancel: CancelToken | None = None,
+    logit_offsets: Sequence[float] = (),
 ) -> tuple[np.ndarray, torch.device, list[str]]:
-    """Class probabilities (C, z, y, x) for a normalized ``volume`` (z, y, x).
+    """Class probabilities (C, z, y, x) for a normalized ``volume`` (z, y, x); ``logit_offsets`` (one per class,
+    the model plan's calibration) are added to the logits before the softmax.
 
     CUDA out-of-memory is retried with windows half the size, then on the CPU; the device finally used and
     warnings are returned so the front end can tell the user.
@@ -128,7 +136,8 @@ def predict_probabilities(
     while True:
         net.to(device)
         try:
-            return _predict_windows(net, volume, window, device, tta, report, cancel), device, warnings
+            prob = _predict_windows(net, volume, window, device, tta, report, cancel, tuple(logit_offsets))
+            return prob, device, warnings
         except torch.OutOfMemoryError:
             if device.type == "cuda":
                 torch.cuda.empty_cache()

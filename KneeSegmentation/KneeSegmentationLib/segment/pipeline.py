@@ -41,6 +41,7 @@ class SegmentationSettings:
     roi: RoiBox | None = None
     tta: bool = False
     uncertainty: bool = False
+    keep_probabilities: bool = False  # return the model-grid probabilities too (calibration, research)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class SegmentationResult:
     not_found: list[str] = field(default_factory=list)  # bone names absent or below laterality.MIN_BONE_ML
     # bones the model has no output for (a 3-bone model and the Patella): not "not found", never looked for
     not_segmented: list[str] = field(default_factory=list)
+    probabilities: tuple[np.ndarray, sitk.Image] | None = None  # (C, z, y, x) on the model grid, when asked for
 
 
 def resolve_model(model: Path | str | LoadedModel | None) -> LoadedModel:
@@ -116,7 +118,8 @@ def run_segmentation(
         grid, window = whole_image_grid(image, spacing, patch, model.card.network.size_divisor)
     report = stages.stage("Segmenting")
     prob, device, warn = _timed(timings, "network", lambda: predict_probabilities(  # input resampling included
-        model.network, prepare_input(image, grid, norm), window, device, settings.tta, report, cancel))
+        model.network, prepare_input(image, grid, norm), window, device, settings.tta, report, cancel,
+        model.card.plan.logit_offsets))
     warnings.extend(warn)
     cancel.check()
     if settings.roi is not None:
@@ -126,11 +129,7 @@ def run_segmentation(
         center = image_center(image) if center is None else center
 
     report = stages.stage("Post-processing")
-    labels = _timed(timings, "resample back", probabilities_to_labels, prob, grid, image)
-    report(0.5)
-    labels = _timed(timings, "clean up", clean_labels, labels, image.GetSpacing(),
-                    image.GetDirection())
-    labels, not_found = drop_specks(labels, image.GetSpacing())
+    labels, not_found = labels_from_probabilities(prob, grid, image, timings, report)
     not_segmented = [name for name in not_found if name not in model.card.labels.values()]
     not_found = [name for name in not_found if name not in not_segmented]
     labelmap = sitk.GetImageFromArray(labels)
@@ -149,4 +148,17 @@ def run_segmentation(
     if not labels.any():
         warnings.append("no bone was found; is this a knee MRI? (check the ROI and the echo)")
     return SegmentationResult(labelmap, uncertainty, model.card, str(device), tuple(float(c) for c in center),
-                              timings, warnings, side, not_found, not_segmented)
+                              timings, warnings, side, not_found, not_segmented,
+                              (prob, grid) if settings.keep_probabilities else None)
+
+
+def labels_from_probabilities(prob: np.ndarray, grid: sitk.Image, image: sitk.Image,
+                              timings: dict[str, float] | None = None,
+                              report: Callable[[float], None] = lambda f: None) -> tuple[np.ndarray, list[str]]:
+    """The labelmap on ``image``'s grid from probabilities on the model ``grid``: argmax after resampling, clean
+    up (islands, holes, fibula evidence), specks dropped; and the bones left with nothing (``drop_specks``)."""
+    timings = {} if timings is None else timings
+    labels = _timed(timings, "resample back", probabilities_to_labels, prob, grid, image)
+    report(0.5)
+    labels = _timed(timings, "clean up", clean_labels, labels, image.GetSpacing(), image.GetDirection())
+    return drop_specks(labels, image.GetSpacing())
