@@ -39,7 +39,7 @@ from .render import CONTRASTS, PLANES, render_case
 
 FORMAT = "kneeseg-calibration/1"
 CALIBRATION_TAG = "calibration/1"  # seeds and contrasts differ from the benchmark's (its tag is the version)
-OFFSET_GRID = np.round(np.arange(-2.0, 1.0001, 0.125), 3)
+OFFSET_GRID = np.round(np.arange(-3.0, 1.0001, 0.125), 3)
 PASSES = 2
 CALIBRATION_FILE = "calibration.json"
 
