@@ -57,7 +57,7 @@ def test_calibration_cases_are_validation_maps_with_seeds_of_their_own(tmp_path)
     assert all(c.contrast != bench[(c.map_id, c.plane)].contrast for c in cases)
 
 
-def test_calibrate_export_and_inference_apply_the_offsets(tmp_path, tiny_model):
+def test_calibrate_export_and_inference_apply_the_offsets(tmp_path, tiny_model, capsys):
     dataset = make_tiny_dataset(tmp_path / "ds")
     record = C.run_calibration(tiny_model, dataset, tmp_path / "cal", log=lambda s: None)
     stored = json.loads((tmp_path / "cal" / C.CALIBRATION_FILE).read_text())
@@ -70,6 +70,10 @@ def test_calibrate_export_and_inference_apply_the_offsets(tmp_path, tiny_model):
     card = replace(model.card, plan=plan)
     assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))).plan.logit_offsets == plan.logit_offsets
     out = save_model(model.network, card, tmp_path / "models", 2)
+    from KneeSegmentationLib.cli.main import main
+
+    assert main(["info", str(out)]) == 0
+    assert f"output: logit offsets {list(plan.logit_offsets)}" in capsys.readouterr().out
     image, _ = phantom()
     plain = run_segmentation(image, SegmentationSettings(model=tiny_model, device="cpu", n4=False))
     shifted = run_segmentation(image, SegmentationSettings(model=out, device="cpu", n4=False))

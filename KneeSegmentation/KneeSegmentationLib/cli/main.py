@@ -177,6 +177,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  network: {d['network']['arch']} features {d['network']['features']}")
     print(f"  input: spacing {pre['spacing_mm']} mm, patch {pre['patch_size']}, orientation {pre['orientation']}, "
           f"normalization {pre['normalization']}")
+    if d.get("output"):
+        print(f"  output: logit offsets {d['output']['logit_offsets']} "
+              "(background first; calibrated on validation anatomy)")
     print(f"  weights sha256 {d['weights']['sha256']}")
     for section in ("training", "metrics"):
         if d.get(section):
