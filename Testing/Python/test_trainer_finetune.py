@@ -99,7 +99,7 @@ def test_export_then_finetune_writes_a_new_version_and_keeps_the_old(dataset, ca
 
 def test_finetuning_crops_like_the_parent_was_trained(tmp_path):
     """InstanceNorm normalizes over the crop: fine-tuning uses the parent's training crop (from its card)."""
-    bundled = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "knee-bones" / "v3"
+    bundled = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "knee-bones" / "v4"
     assert parent_training_crop(bundled) == tuple(read_card(bundled).training["settings"]["crop"]) == (80, 80, 80)
     hand_written = tmp_path / "v1"
     shutil.copytree(bundled, hand_written)
