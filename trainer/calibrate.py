@@ -74,14 +74,11 @@ class CaseData:
 def case_data(model: LoadedModel, m: LabelMap, case: Case) -> CaseData:
     """Renders ``case``, runs the full pipeline once and keeps what the offset search needs."""
     from KneeSegmentationLib.segment.pipeline import SegmentationSettings, run_segmentation
-    from KneeSegmentationLib.segment.postprocess import resample_channels
+    from KneeSegmentationLib.segment.postprocess import probabilities_on
 
     image, truth = render_case(m, case.plane, case.contrast, case.seed)
     result = run_segmentation(image, SegmentationSettings(model=model, device="cpu", keep_probabilities=True))
-    prob, grid = result.probabilities
-    background = np.zeros(prob.shape[0], np.float32)
-    background[0] = 1.0
-    sub, box = resample_channels(prob, grid, image, background)
+    sub, box = probabilities_on(*result.probabilities, image)
     if sub is None:
         raise DatasetError(f"calibration case {case.id}: the model grid misses the image")
     applied = np.asarray(model.card.plan.logit_offsets or [0.0] * len(sub), np.float32)

@@ -66,12 +66,18 @@ def resample_channels(channels: np.ndarray, grid: sitk.Image, target: sitk.Image
     return out, (lo, hi)
 
 
+def probabilities_on(prob: np.ndarray, grid: sitk.Image, target: sitk.Image):
+    """``prob`` (C, z, y, x) on ``grid`` resampled to ``target``'s grid, where they overlap: (sub, box) as
+    ``resample_channels`` returns them, certain background beyond the model grid."""
+    background = np.zeros(prob.shape[0], np.float32)
+    background[0] = 1.0
+    return resample_channels(prob, grid, target, background)
+
+
 def probabilities_to_labels(prob: np.ndarray, grid: sitk.Image, target: sitk.Image) -> np.ndarray:
     """Argmax labelmap (z, y, x, uint8) in ``target``'s geometry from probabilities on ``grid``."""
     labels = np.zeros(target.GetSize()[::-1], np.uint8)
-    background = np.zeros(prob.shape[0], np.float32)
-    background[0] = 1.0
-    sub, box = resample_channels(prob, grid, target, background)
+    sub, box = probabilities_on(prob, grid, target)
     if sub is None:
         return labels
     lo, hi = box
