@@ -123,6 +123,7 @@ class RunStatus:
     error: BaseException | None
     result: SegmentationResult | None
     elapsed_s: float
+    stages: tuple[str, ...] = ()  # every stage reported so far, in order (a fast one may pass between two polls)
 
     @property
     def cancelled(self) -> bool:
@@ -144,6 +145,7 @@ class BackgroundRun:
         self._token = CancelToken()
         self._lock = threading.Lock()
         self._fraction, self._stage = 0.0, "Waiting to start"
+        self._stages: list[str] = []
         self._result: SegmentationResult | None = None
         self._error: BaseException | None = None
         self._done = threading.Event()
@@ -170,7 +172,7 @@ class BackgroundRun:
         with self._lock:
             end = self._ended_at or time.perf_counter()
             return RunStatus(self._fraction, self._stage, self._done.is_set(), self._error, self._result,
-                             end - (self._started_at or end))
+                             end - (self._started_at or end), tuple(self._stages))
 
     def wait(self, timeout: float | None = None) -> RunStatus:
         """Blocks until the run ends (for scripts and tests; the GUI polls instead)."""
@@ -181,6 +183,8 @@ class BackgroundRun:
         with self._lock:
             if not self._token.cancelled:
                 self._fraction, self._stage = float(fraction), stage
+                if not self._stages or self._stages[-1] != stage:
+                    self._stages.append(stage)
 
     def _work(self) -> None:
         result, error = None, None
