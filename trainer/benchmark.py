@@ -53,7 +53,9 @@ CSV_COLUMNS = ("model", "case", "map", "role", "plane", "contrast", "seed", "bon
 MIN_TRUTH_ML = 0.5  # a bone with less truth than this inside the acquisition (a sliver at the edge) is not scored
 
 
-def _hash(text: str) -> int:
+def stable_hash(text: str) -> int:
+    """A 32-bit number fixed by ``text`` on every machine and Python (``hash()`` is salted per process): the
+    seeds and contrasts of the benchmark's and the calibration's cases."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
@@ -75,8 +77,8 @@ def case_for(m: LabelMap, plane: str) -> Case:
     """The fixed case of (map, plane): contrasts rotate over the planes from a per-map offset, so every map is
     seen in every contrast and every plane in several contrasts; the seed depends on (map id, plane) only."""
     names = list(CONTRASTS)
-    contrast = names[(_hash(m.id) + PLANES.index(plane)) % len(names)]
-    return Case(m.id, m.role, plane, contrast, _hash(f"{BENCHMARK_VERSION}:{m.id}:{plane}"))
+    contrast = names[(stable_hash(m.id) + PLANES.index(plane)) % len(names)]
+    return Case(m.id, m.role, plane, contrast, stable_hash(f"{BENCHMARK_VERSION}:{m.id}:{plane}"))
 
 
 def held_out_maps(maps: list[LabelMap]) -> list[LabelMap]:

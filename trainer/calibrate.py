@@ -33,7 +33,7 @@ from KneeSegmentationLib.files import read_json_object, write_text_atomically
 from KneeSegmentationLib.metrics import dice
 from KneeSegmentationLib.models.store import LoadedModel, load_model
 
-from .benchmark import MIN_TRUTH_ML, Case, _hash
+from .benchmark import MIN_TRUTH_ML, Case, stable_hash
 from .dataset import LabelMap, load_dataset
 from .render import CONTRASTS, PLANES, render_case
 
@@ -50,8 +50,8 @@ def calibration_cases(maps: list[LabelMap]) -> list[Case]:
     if not chosen:
         raise DatasetError("calibration needs maps of role 'val' in the dataset")
     names = list(CONTRASTS)
-    return [Case(m.id, m.role, p, names[(_hash(m.id) + PLANES.index(p) + 1) % len(names)],
-                 _hash(f"{CALIBRATION_TAG}:{m.id}:{p}")) for m in chosen for p in PLANES]
+    return [Case(m.id, m.role, p, names[(stable_hash(m.id) + PLANES.index(p) + 1) % len(names)],
+                 stable_hash(f"{CALIBRATION_TAG}:{m.id}:{p}")) for m in chosen for p in PLANES]
 
 
 @dataclass
