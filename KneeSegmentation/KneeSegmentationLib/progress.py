@@ -37,6 +37,23 @@ class CancelToken:
             raise Cancelled("Cancelled by the user; nothing was changed.")
 
 
+class LinkedToken(CancelToken):
+    """A token cancelled by its parent or by its own ``cancel()``: a run stops a sub-task of its own (N4, when
+    the model loading beside it fails) without setting the caller's token."""
+
+    def __init__(self, parent: CancelToken) -> None:
+        super().__init__()
+        self._parent = parent
+
+    @property
+    def cancelled(self) -> bool:
+        return self._parent.cancelled or super().cancelled
+
+    def check(self) -> None:
+        self._parent.check()
+        super().check()
+
+
 class StageProgress:
     """Maps the progress of one stage onto its share of the whole run, so stages report 0..1 locally."""
 

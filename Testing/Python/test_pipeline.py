@@ -12,7 +12,7 @@ from KneeSegmentationLib.models.store import load_model
 from KneeSegmentationLib.segment.pipeline import SegmentationSettings, run_segmentation
 from KneeSegmentationLib.segment.preprocess import (RoiBox, joint_center, model_grid_around, physical_bounds,
                                             whole_image_grid)
-from KneeSegmentationLib.progress import CancelToken
+from KneeSegmentationLib.progress import CancelToken, LinkedToken
 
 from phantom import phantom, phantom_image, phantom_labels
 
@@ -172,6 +172,29 @@ def test_missing_model_is_a_model_error(tmp_path):
     image, _ = phantom(size=(24, 24, 24), spacing=(2, 2, 2))
     with pytest.raises(ModelError):
         run_segmentation(image, SegmentationSettings(model=tmp_path / "nope", n4=False))
+
+
+def test_a_model_that_fails_to_load_beside_n4_stops_the_run_with_its_own_error(tmp_path):
+    image, _ = phantom(size=(64, 64, 40), spacing=(1.5, 1.5, 2.5))
+    stages = []
+    with pytest.raises(ModelError):
+        run_segmentation(image, SegmentationSettings(model=tmp_path / "nope", n4=True),
+                         progress=lambda fraction, stage: stages.append(stage))
+    assert "Segmenting" not in stages
+
+
+def test_a_linked_token_is_cancelled_by_its_parent_but_never_cancels_it():
+    parent = CancelToken()
+    child = LinkedToken(parent)
+    child.cancel()
+    assert child.cancelled and not parent.cancelled
+    with pytest.raises(Cancelled):
+        child.check()
+    other = LinkedToken(parent)
+    parent.cancel()
+    assert other.cancelled
+    with pytest.raises(Cancelled):
+        other.check()
 
 
 def test_unknown_device_is_refused(tiny_model):

@@ -11,6 +11,7 @@ shafts are segmented like its joint. The femorotibial joint centre is reported f
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -23,7 +24,8 @@ from .laterality import drop_specks, laterality_of
 from .n4 import n4_correct
 from .postprocess import clean_labels, probabilities_to_labels, resample_channels
 from .preprocess import RoiBox, image_center, joint_center, model_grid_around, prepare_input, whole_image_grid
-from ..progress import CancelToken, Progress, StageProgress, no_progress
+from ..errors import Cancelled
+from ..progress import CancelToken, LinkedToken, Progress, StageProgress, no_progress
 
 if TYPE_CHECKING:
     from ..models.store import LoadedModel
@@ -69,6 +71,38 @@ def resolve_model(model: Path | str | LoadedModel | None) -> LoadedModel:
     return load_model(default_model().path if model is None else Path(model))
 
 
+def _load(settings: SegmentationSettings) -> tuple[LoadedModel, object, list[str]]:
+    """The model and the device it runs on (with the warnings of that choice)."""
+    from .infer import choose_device  # torch
+
+    model = resolve_model(settings.model)
+    device, warnings = choose_device(settings.device)
+    return model, device, list(warnings)
+
+
+def _in_background(fn: Callable, *args) -> Future:
+    """``fn(*args)`` in a thread of its own; the thread ends with it."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="kneeseg-load")
+    future = pool.submit(fn, *args)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _n4_beside(image: sitk.Image, loading: Future, cancel: CancelToken, report: Callable[[float], None],
+               timings: dict[str, float]) -> sitk.Image:
+    """N4 while the model loads in ``loading``: the first run in a process imports torch (about a second of
+    one core), which N4's fit, not quite using both cores, leaves room for. A model that fails to load stops
+    N4 at once, and its error, not a cancel, is what the caller sees."""
+    n4_cancel = LinkedToken(cancel)
+    loading.add_done_callback(lambda done: done.exception() is not None and n4_cancel.cancel())
+    try:
+        return _timed(timings, "n4", n4_correct, image, cancel=n4_cancel, progress=report)
+    except Cancelled:
+        if not cancel.cancelled and loading.exception() is not None:
+            loading.result()  # raises the loading error
+        raise
+
+
 def _round_up(n: float, divisor: int) -> int:
     return int(np.ceil(n / divisor) * divisor)
 
@@ -93,29 +127,27 @@ def run_segmentation(
     cancel: CancelToken | None = None,
 ) -> SegmentationResult:
     """Segments Femur, Tibia, Fibula and Patella in ``image`` (any orientation and spacing). See module docstring."""
-    from .infer import choose_device, entropy, predict_probabilities
-
     settings = settings or SegmentationSettings()
     cancel = cancel or CancelToken()
     stages = StageProgress(progress, STAGES)
     timings: dict[str, float] = {}
     validate_image(image)
     image = sitk.Cast(image, sitk.sitkFloat32)
-    model = _timed(timings, "load model", resolve_model, settings.model)
-    device, warnings = choose_device(settings.device)
-    pre = model.card.preprocessing
-    spacing, patch, norm = pre.spacing_mm, pre.patch_size, pre.normalization
-    cancel.check()
-
+    loading = _in_background(_timed, timings, "load model", _load, settings)
     report = stages.stage("N4 bias correction")
     if settings.n4:
-        image = _timed(timings, "n4", n4_correct, image, cancel=cancel, progress=report)
+        image = _n4_beside(image, loading, cancel, report, timings)
+    model, device, warnings = loading.result()
+    pre = model.card.preprocessing
+    spacing, patch, norm = pre.spacing_mm, pre.patch_size, pre.normalization
     cancel.check()
 
     if settings.roi is not None:
         grid, window = roi_grid(settings.roi, spacing, model.card.network.size_divisor), patch
     else:
         grid, window = whole_image_grid(image, spacing, patch, model.card.network.size_divisor)
+    from .infer import entropy, predict_probabilities
+
     report = stages.stage("Segmenting")
     prob, device, warn = _timed(timings, "network", lambda: predict_probabilities(  # input resampling included
         model.network, prepare_input(image, grid, norm), window, device, settings.tta, report, cancel,
