@@ -99,13 +99,13 @@ def _segment(args: argparse.Namespace) -> int:
     # suffixes, DICOM SEG prerequisites, inputs, existing files (--force), writable folders: before any work
     plan = outputs.check(args.image, force=args.force)
     from ..segment.io import read_image
-    from ..segment.overlap import segment_overlapped
+    from ..segment.pipeline import run_segmentation
 
     t0 = time.perf_counter()
     image = read_image(args.image, echo=args.echo)
     read_s = time.perf_counter() - t0
     settings = settings_from(args, uncertainty=args.uncertainty is not None)
-    result = _run_with_progress(segment_overlapped, image, settings, quiet=args.quiet)
+    result = _run_with_progress(run_segmentation, image, settings, quiet=args.quiet)
     timings = {"read": read_s, **result.timings}
     t1 = time.perf_counter()
     outputs.write(plan, image, args.image, args.echo, result, title=f"{args.image.name} — {result.model.tag} on {result.device}")

@@ -7,6 +7,7 @@ The whole image is segmented at the model's spacing: in one pass on an enlarged 
 (``preprocess.SINGLE_PASS_GROWTH``; the network is fully convolutional), else in overlapping tiles of the
 model's window blended with Gaussian weights. No overview pass decides where to look, so a tall image's
 shafts are segmented like its joint. The femorotibial joint centre is reported from the result.
+The model (and, on a process's first run, torch) loads in a thread while N4 runs (``_n4_beside``).
 """
 from __future__ import annotations
 
@@ -90,9 +91,10 @@ def _in_background(fn: Callable, *args) -> Future:
 
 def _n4_beside(image: sitk.Image, loading: Future, cancel: CancelToken, report: Callable[[float], None],
                timings: dict[str, float]) -> sitk.Image:
-    """N4 while the model loads in ``loading``: the first run in a process imports torch (about a second of
-    one core), which N4's fit, not quite using both cores, leaves room for. A model that fails to load stops
-    N4 at once, and its error, not a cancel, is what the caller sees."""
+    """N4 while the model loads in ``loading``. The first run in a process imports torch and loads the model
+    (1-2 s, mostly one core), N4 needs only SimpleITK, whose C++ threads release the GIL and do not quite use
+    both cores; so side by side they cost little more than N4 alone. A model that fails to load stops N4 at
+    once, and its error, not a cancel, is what the caller sees."""
     n4_cancel = LinkedToken(cancel)
     loading.add_done_callback(lambda done: done.exception() is not None and n4_cancel.cancel())
     try:
@@ -133,7 +135,8 @@ def run_segmentation(
     timings: dict[str, float] = {}
     validate_image(image)
     image = sitk.Cast(image, sitk.sitkFloat32)
-    loading = _in_background(_timed, timings, "load model", _load, settings)
+    loading = _in_background(_timed, timings, "load model (beside N4)" if settings.n4 else "load model", _load,
+                             settings)
     report = stages.stage("N4 bias correction")
     if settings.n4:
         image = _n4_beside(image, loading, cancel, report, timings)
