@@ -169,7 +169,7 @@ def cmd_export(a: argparse.Namespace) -> None:
 
     notes = a.notes.read_text(encoding="utf-8") if a.notes else ""
     out = export(a.run, a.root, a.name, a.version, a.eval, a.description, notes=notes, benchmark_dir=a.benchmark,
-                 calibration=a.calibration)
+                 calibration=a.calibration, weights=a.weights)
     print(f"model written to {out}")
 
 
@@ -257,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", type=Path, help="benchmark folder (summary.json) of these weights, for the card")
     p.add_argument("--description", default="", help="one line for the model card")
     p.add_argument("--notes", type=Path, help="Markdown appended to MODEL_CARD.md (known limits, observations)")
+    p.add_argument("--weights", choices=("best", "last"), default="best",
+                   help="the weights of the best validation (best.pt) or of the last step (last.pt)")
     p.add_argument("--calibration", type=Path, help="calibration.json (or its folder) from `calibrate`: "
                    "its logit offsets go into the card")
     p.set_defaults(func=cmd_export)

@@ -71,6 +71,9 @@ def data_summary(manifest: dict) -> list[dict]:
     return out
 
 
+WEIGHTS = {"best": BEST, "last": LAST}  # export's choice of checkpoint
+
+
 def run_summary(run: Path, cfg: TrainConfig) -> dict:
     """Training facts of a run folder: steps, time, data, settings."""
     last = load_checkpoint(run / LAST) if (run / LAST).is_file() else {}
@@ -101,12 +104,19 @@ def run_summary(run: Path, cfg: TrainConfig) -> dict:
 
 def export(run: Path, root: Path | None = None, name: str = "knee-bones", version: int | None = None,
            eval_dir: Path | None = None, description: str = "", parent: str | None = None,
-           notes: str = "", benchmark_dir: Path | None = None, calibration: Path | None = None) -> Path:
+           notes: str = "", benchmark_dir: Path | None = None, calibration: Path | None = None,
+           weights: str = "best") -> Path:
     """Writes the best weights of ``run`` as ``root/name/vN`` and returns the folder; ``benchmark_dir``
     (a ``python -m trainer benchmark`` output of these weights) records the benchmark in the card,
-    ``calibration`` (a ``calibrate`` record of these weights) sets the card's logit offsets."""
+    ``calibration`` (a ``calibrate`` record of these weights) sets the card's logit offsets.
+
+    ``weights="last"`` writes the last step's weights instead: when the validation score is flat within its
+    noise, its best step is a draw among equals, while the last step has the fully decayed learning rate; the
+    benchmark, not the validation, then decides between the two exports."""
     run = Path(run)
-    best = best_model(run)  # the network of the run's plan, holding its best weights
+    if weights not in WEIGHTS:
+        raise DatasetError(f"weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")
+    best = best_model(run, WEIGHTS[weights])  # the network of the run's plan, holding those weights
     cfg, net = TrainConfig.load(run / CONFIG_FILE), best.network
     metrics = {}
     if eval_dir is not None:
@@ -128,6 +138,7 @@ def export(run: Path, root: Path | None = None, name: str = "knee-bones", versio
         metrics["calibration"] = {k: record[k] for k in ("model", "tag", "logit_offsets", "dice_before",
                                                           "dice_after", "cases") if k in record}
     training = run_summary(run, cfg)
+    training["exported"] = {"weights": weights, "step": load_checkpoint(run / WEIGHTS[weights]).get("step")}
     training["parameters"] = count_parameters(net)
     card = ModelCard(
         name=name, version=0, plan=plan, parent=parent,
@@ -146,6 +157,14 @@ def _grid(pre: Preprocessing) -> str:
     return f"{' x '.join(str(s) for s in pre.spacing_mm)} mm (x, y, z) grid"
 
 
+def _exported(training: dict) -> str:
+    """``"; weights of the last step, 5016"`` when the card holds weights other than the best step's."""
+    exported = training.get("exported") or {}
+    if exported.get("weights", "best") == "best":
+        return ""
+    return f"; weights of the {exported['weights']} step, {exported.get('step')}"
+
+
 def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -158,7 +177,8 @@ def write_model_card_md(folder: Path, card: ModelCard, notes: str = "") -> Path:
              f"{t.get('parameters', '?')} parameters",
              f"- Input: {_grid(card.preprocessing)} along the patient (LPS) axes, "
              f"window {list(card.preprocessing.patch_size)} voxels, normalization {card.preprocessing.normalization}",
-             f"- Training: {t.get('steps')} steps (best at {t.get('best_step')}), {t.get('training_time_min')} min, "
+             f"- Training: {t.get('steps')} steps (best at {t.get('best_step')}{_exported(t)}), "
+             f"{t.get('training_time_min')} min, "
              f"{t.get('mean_s_per_step')} s/step on {t.get('hardware')}",
              f"- Data: {t.get('data_source')}", ""]
     if card.plan.logit_offsets:

@@ -62,20 +62,23 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def best_model(run_dir: Path) -> LoadedModel:
+def best_model(run_dir: Path, checkpoint: str = BEST) -> LoadedModel:
     """``best.pt`` of a run folder in the network of the run's plan (``config.json``): the model ``evaluate``
     measures and ``export`` writes (its card, named "run", holds only the plan). Weights that do not fit the
-    plan are refused (``DatasetError``) rather than fitted to a network read off the weights."""
+    plan are refused (``DatasetError``) rather than fitted to a network read off the weights.
+    ``checkpoint=LAST`` takes the weights of the last step instead (see ``export``'s ``weights``)."""
     run_dir = Path(run_dir)
-    for name in (BEST, CONFIG_FILE):
+    if checkpoint not in (BEST, LAST):
+        raise ValueError(f"checkpoint must be {BEST} or {LAST}, not {checkpoint!r}")
+    for name in (checkpoint, CONFIG_FILE):
         if not (run_dir / name).is_file():
             raise DatasetError(f"{run_dir} is not a finished training run (no {name})")
     plan = TrainConfig.load(run_dir / CONFIG_FILE).plan()
-    state = load_checkpoint(run_dir / BEST)["model"]
+    state = load_checkpoint(run_dir / checkpoint)["model"]
     net = build_network(plan)
     why = state_mismatch(net.state_dict(), state)
     if why:
-        raise DatasetError(f"{run_dir / BEST} does not fit the network of the run's {CONFIG_FILE}: {why}")
+        raise DatasetError(f"{run_dir / checkpoint} does not fit the network of the run's {CONFIG_FILE}: {why}")
     net.load_state_dict(state)
     return LoadedModel(ModelCard(name="run", version=0, plan=plan), net.eval(), run_dir)
 

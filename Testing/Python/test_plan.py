@@ -13,6 +13,7 @@ import torch
 
 import KneeSegmentationLib
 from KneeSegmentationLib.constants import NUM_CLASSES
+from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.models.card import CARD_FILE, ModelCard, read_card
 from KneeSegmentationLib.models.store import load_model, save_model
 from KneeSegmentationLib.models.network import build_network
@@ -146,3 +147,27 @@ def test_the_exported_model_and_the_library_loader_build_the_same_network_for_a_
     x = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(loaded.network(x), run_model.network(x))
+
+
+def test_export_can_take_the_last_steps_weights_instead_of_the_best(dataset, tmp_path):
+    """``export --weights last``: the card holds last.pt's weights and says so; best stays the default."""
+    from trainer_data import tiny_config
+
+    from trainer.export import export
+    from trainer.runfolder import BEST, LAST, load_checkpoint
+    from trainer.train import train
+
+    cfg = tiny_config(dataset, tmp_path / "run", steps=4, val_every=2, workers=0)
+    train(cfg, resume=False, log=lambda *_: None)
+    best, last = (load_checkpoint(tmp_path / "run" / name) for name in (BEST, LAST))
+    best["model"]["head.weight"] = best["model"]["head.weight"] + 1.0  # tell the two apart whatever the scores
+    torch.save(best, tmp_path / "run" / BEST)
+    out = export(tmp_path / "run", root=tmp_path / "models", name="last", weights="last")
+    state = load_model(out).network.state_dict()
+    assert all(torch.equal(state[k], last["model"][k]) for k in last["model"])
+    assert load_model(out).card.training["exported"] == {"weights": "last", "step": last["step"]}
+    assert f"weights of the last step, {last['step']}" in (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+    default = load_model(export(tmp_path / "run", root=tmp_path / "models", name="best")).network.state_dict()
+    assert torch.equal(default["head.weight"], best["model"]["head.weight"])
+    with pytest.raises(DatasetError, match="weights must be"):
+        export(tmp_path / "run", root=tmp_path / "models", name="x", weights="newest")
