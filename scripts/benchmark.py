@@ -10,7 +10,7 @@ threads) are printed beside them because a shared machine inflates wall time but
     python scripts/benchmark.py --model Resources/Models/knee-bones/v3 --device cpu
     python scripts/benchmark.py --timing-model 8,16,32,64   # random weights of that size, when no model exists yet
     python scripts/benchmark.py --cases n4-sample            # one case
-    python scripts/benchmark.py --cases process-sample --repeat 3   # the whole `kneeseg segment` process
+    python scripts/benchmark.py --cases process-sample --repeat 3   # the whole `kneeseg segment` process, 3 times
 
 "process-sample" times what a user waits for: a fresh ``kneeseg segment SAMPLE -o OUT.seg.nrrd`` (N4 on), from
 process start (interpreter, imports) to the file written, as wall and CPU seconds of the child process; the
@@ -238,11 +238,12 @@ def print_n4(r: dict) -> None:
               f"{100 * ref['uncorrected_diff'][1]:.2f} %")
 
 
-def run_process_case(args: argparse.Namespace, model: str | None, tmp: Path) -> dict:
-    """One whole ``kneeseg segment`` process on the sample: wall from start to exit, CPU of the child."""
+def run_process_case(args: argparse.Namespace, model: str | None, tmp: Path, run: int = 0) -> dict:
+    """One whole ``kneeseg segment`` process on the sample: wall from start to exit, CPU of the child. Each
+    ``run`` writes its own file (the CLI never overwrites one)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "KneeSegmentation"), str(ROOT),
                                                        os.environ.get("PYTHONPATH", "")]))
-    out = tmp / "process.seg.nrrd"
+    out = tmp / f"process-{run}.seg.nrrd"
     cmd = [sys.executable, "-m", "KneeSegmentationLib.cli.main", "segment", str(SAMPLE), "-o", str(out), "-q",
            "--device", args.device] + (["--model", model] if model else [])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -269,7 +270,8 @@ def print_process(r: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=1, help="runs of process-sample (each printed)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each case, each in a fresh process and printed (a shared machine varies)")
     parser.add_argument("--model", help="model version folder (default: the default model)")
     parser.add_argument("--timing-model", metavar="FEATURES",
                         help="benchmark a random-weight model with these U-Net features, e.g. 8,16,32,64")
@@ -300,13 +302,13 @@ def main() -> None:
                   f"{args.timing_spacing} mm, patch {args.timing_patch}")
         print(f"{'case':<16} {'size':<12} {'wall s':>7} {'CPU s':>7} {'peak MB':>8}")
         for case in cases:
-            if case == "process-sample":
-                for _ in range(max(1, args.repeat)):
-                    print_process(run_process_case(args, model, Path(tmp)))
-                continue
-            result = run_child(case, args, model)
-            (print_pipeline if case.startswith("pipeline") else print_n4)(result)
-            sys.stdout.flush()
+            for run in range(max(1, args.repeat)):
+                if case == "process-sample":
+                    print_process(run_process_case(args, model, Path(tmp), run))
+                else:
+                    result = run_child(case, args, model)
+                    (print_pipeline if case.startswith("pipeline") else print_n4)(result)
+                sys.stdout.flush()
 
 
 if __name__ == "__main__":
