@@ -138,7 +138,7 @@ def export(run: Path, root: Path | None = None, name: str = "knee-bones", versio
         metrics["calibration"] = {k: record[k] for k in ("model", "tag", "logit_offsets", "dice_before",
                                                           "dice_after", "cases") if k in record}
     training = run_summary(run, cfg)
-    training["exported"] = {"weights": weights, "step": load_checkpoint(run / WEIGHTS[weights]).get("step")}
+    training["exported"] = {"weights": weights, "step": training["best_step" if weights == "best" else "steps"]}
     training["parameters"] = count_parameters(net)
     card = ModelCard(
         name=name, version=0, plan=plan, parent=parent,
