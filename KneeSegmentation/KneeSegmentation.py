@@ -129,7 +129,7 @@ class KneeSegmentationParameterNode:
     modelPath: str = ""
     device: Device = Device.AUTO
     n4: bool = True
-    tta: bool = False
+    tta: bool = True
     uncertainty: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     show3D: bool = True

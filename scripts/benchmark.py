@@ -11,6 +11,7 @@ threads) are printed beside them because a shared machine inflates wall time but
     python scripts/benchmark.py --timing-model 8,16,32,64   # random weights of that size, when no model exists yet
     python scripts/benchmark.py --cases n4-sample            # one case
     python scripts/benchmark.py --cases process-sample --repeat 3   # the whole `kneeseg segment` process, 3 times
+    python scripts/benchmark.py --cases pipeline-sample --no-tta     # one network pass, no mirrored second one
 
 "process-sample" times what a user waits for: a fresh ``kneeseg segment SAMPLE -o OUT.seg.nrrd`` (N4 on), from
 process start (interpreter, imports) to the file written, as wall and CPU seconds of the child process; the
@@ -104,11 +105,11 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
 
 
-def run_pipeline_case(case: str, model: str | None, device: str) -> dict:
+def run_pipeline_case(case: str, model: str | None, device: str, tta: bool | None = None) -> dict:
     from KneeSegmentationLib.segment.pipeline import SegmentationSettings, run_segmentation
 
     image = case_image(case)
-    settings = SegmentationSettings(model=model, device=device)
+    settings = SegmentationSettings(model=model, device=device, tta=tta)
     wall, cpu = time.perf_counter(), cpu_seconds()
     result = run_segmentation(image, settings)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
@@ -161,7 +162,7 @@ def child(args: argparse.Namespace) -> None:
         import SimpleITK as sitk
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     if args.case.startswith("pipeline"):
-        result = run_pipeline_case(args.case, args.model, args.device)
+        result = run_pipeline_case(args.case, args.model, args.device, args.tta)
     else:
         result = run_n4_case(args.case, with_default=args.case == "n4-sample" or args.default_n4_384,
                              masked_reference=args.masked_reference)
@@ -193,6 +194,8 @@ def run_child(case: str, args: argparse.Namespace, model: str | None) -> dict:
         cmd.append("--default-n4-384")
     if args.masked_reference:
         cmd.append("--masked-reference")
+    if args.tta is not None:
+        cmd.append("--tta" if args.tta else "--no-tta")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -245,7 +248,7 @@ def run_process_case(args: argparse.Namespace, model: str | None, tmp: Path, run
                                                        os.environ.get("PYTHONPATH", "")]))
     out = tmp / f"process-{run}.seg.nrrd"
     cmd = [sys.executable, "-m", "KneeSegmentationLib.cli.main", "segment", str(SAMPLE), "-o", str(out), "-q",
-           "--device", args.device] + (["--model", model] if model else [])
+           "--device", args.device] + (["--model", model] if model else []) + ([] if args.tta is None else ["--tta" if args.tta else "--no-tta"])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -284,6 +287,8 @@ def main() -> None:
                         help="also run the default full-resolution N4 on 384x384x160 (tens of minutes)")
     parser.add_argument("--masked-reference", action="store_true",
                         help="also compare with default full-resolution N4 given the same foreground mask")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="force the pipeline's mirrored second pass on or off (default: the model's choice)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -137,6 +137,8 @@ def cmd_train(a: argparse.Namespace) -> None:
 
         cfg.init_model = str(a.init_model)
         cfg.take_plan(read_card(a.init_model).plan)  # the model's network and preprocessing; classes may grow
+        if a.widen:
+            cfg.features = tuple(a.widen)  # starting_network widens the model's weights to these stages
     if not a.fresh and (a.run / CONFIG_FILE).is_file() and (a.run / LAST).is_file():
         cfg = TrainConfig.load(a.run / CONFIG_FILE)
         cfg.max_minutes, cfg.steps = a.max_minutes or cfg.max_minutes, max(cfg.steps, a.steps)
@@ -182,7 +184,7 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
 def cmd_benchmark(a: argparse.Namespace) -> None:
     from .benchmark import run_benchmark
 
-    run_benchmark(a.model, a.out, a.dataset, cases=a.cases, echoes=not a.no_echoes, data=a.data)
+    run_benchmark(a.model, a.out, a.dataset, cases=a.cases, echoes=not a.no_echoes, data=a.data, tta=a.tta)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.add_argument("--init-model", type=Path, help="start from this model version's weights (its network, "
                    "spacing, window and normalization; a 3-bone model grows a Patella head)")
+    p.add_argument("--widen", type=_ints, metavar="FEATURES",
+                   help="with --init-model: widen its stages to these widths (e.g. 16,32,64,128), computing the "
+                   "same function at the start (Net2WiderNet)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("finetune", help="continue a model on corrected cases mixed with synthetic images")
@@ -277,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", choices=("all", "quick"), default="all", help="quick: 3 cases (smoke runs)")
     p.add_argument("--no-echoes", action="store_true", help="skip the real multi-echo consistency check")
     p.add_argument("--data", type=Path, help="mskt data/ folder (default: fetch with pip)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the left-right mirrored prediction (default: the pipeline's choice for "
+                   "the model, which users get)")
     p.set_defaults(func=cmd_benchmark)
     return parser
 

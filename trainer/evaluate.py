@@ -82,7 +82,8 @@ def evaluate_cases(model: LoadedModel, cases_dir: Path) -> list[dict]:
             for s in score_cases(model, cases, device="cpu", n4=True, surface=True) for bone, m in s.bones.items()]
 
 
-def echo_consistency(model: LoadedModel, dicom_dir: Path, out_dir: Path, max_echoes: int = 0) -> dict:
+def echo_consistency(model: LoadedModel, dicom_dir: Path, out_dir: Path, max_echoes: int = 0,
+                     tta: bool | None = None) -> dict:
     """Pipeline on every echo of the real series; pairwise Dice per bone, volumes, and a PNG."""
     from KneeSegmentationLib.segment.io import list_echoes, read_image
     from KneeSegmentationLib.segment.pipeline import SegmentationSettings, run_segmentation
@@ -93,7 +94,7 @@ def echo_consistency(model: LoadedModel, dicom_dir: Path, out_dir: Path, max_ech
     images, labels, seconds = [], [], []
     for k in range(len(echoes)):
         image = read_image(dicom_dir, echo=k)
-        result = run_segmentation(image, SegmentationSettings(model=model, device="cpu"))
+        result = run_segmentation(image, SegmentationSettings(model=model, device="cpu", tta=tta))
         images.append(sitk.GetArrayFromImage(image))
         labels.append(sitk.GetArrayFromImage(result.labelmap))
         seconds.append(round(sum(result.timings.values()), 2))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from KneeSegmentationLib.constants import BONES, NUM_CLASSES
 from KneeSegmentationLib.metrics import dice
 from KneeSegmentationLib.models.store import load_model
-from KneeSegmentationLib.models.network import UNet3D, build_network, with_classes
+from KneeSegmentationLib.models.network import UNet3D, build_network, widened, with_classes
 from KneeSegmentationLib.segment.precision import cpu_has_fast_bf16
 from KneeSegmentationLib.learn.contract import CONFIG_FILE, TRAIN_LOG, VAL_LOG, clear_result, write_result
 
@@ -144,13 +144,16 @@ def batches_from(source: BatchSource, cfg: TrainConfig, rank: int, start: int):
 def starting_network(cfg: TrainConfig) -> UNet3D:
     """The new network of ``cfg.plan()``, or ``cfg.init_model``'s weights (which ``cfg`` must have taken the plan
     of, since export builds the result from ``cfg.plan()``); a model made before the Patella class gets a head
-    grown to every class (``with_classes``), since the synthetic images label the patella."""
+    grown to every class (``with_classes``), since the synthetic images label the patella; a run whose plan has
+    wider stages than the init model (``train --widen``) starts from its weights widened (``widened``)."""
     plan = cfg.plan()
     if not cfg.init_model:
         return build_network(plan)
     net = load_model(cfg.init_model).network
     if net.config.out_channels < NUM_CLASSES:
         net = with_classes(net, NUM_CLASSES)
+    if net.config.features != plan.network.features and len(net.config.features) == len(plan.network.features):
+        net = widened(net, plan.network.features, seed=cfg.seed)
     if net.config != plan.network:
         raise ValueError(f"the run's network {plan.network} is not its init model's {net.config}: "
                          "the run must take the init model's plan (TrainConfig.take_plan)")

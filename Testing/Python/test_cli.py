@@ -59,6 +59,17 @@ def test_failures_are_one_line_and_non_zero(knee_file, tmp_path, capsys, args, m
     assert not list(tmp_path.glob("*.seg.nrrd"))
 
 
+@pytest.mark.parametrize("argv", [["segment", "in.nrrd", "-o", "out.seg.nrrd"], ["batch", "in", "out"]])
+def test_the_mirrored_pass_is_the_models_choice_unless_asked(argv):
+    from KneeSegmentationLib.cli.main import build_parser, settings_from
+
+    parser = build_parser()  # None: the pipeline mirrors when the model was trained on mirrored knees
+    assert parser.parse_args(argv).tta is None and settings_from(parser.parse_args(argv)).tta is None
+    assert parser.parse_args(argv + ["--tta"]).tta is True
+    assert parser.parse_args(argv + ["--no-tta"]).tta is False
+    assert settings_from(parser.parse_args(argv + ["--no-tta"])).tta is False
+
+
 def test_bad_roi_is_a_usage_error(knee_file):
     with pytest.raises(SystemExit) as e:
         main(["segment", str(knee_file), "-o", "x.seg.nrrd", "--roi", "1,2,3"])

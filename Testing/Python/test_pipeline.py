@@ -120,6 +120,27 @@ def test_n4_tta_and_uncertainty(tiny_model):
     assert "n4" in result.timings
 
 
+@pytest.mark.parametrize("flip_p, asked, mirrored", [
+    (None, None, False), (0.5, None, True), (0.5, False, False), (None, True, True), (0.0, None, False)])
+def test_the_mirrored_pass_follows_the_models_training_unless_asked(tiny_model, monkeypatch, flip_p, asked,
+                                                                    mirrored):
+    import dataclasses
+
+    from KneeSegmentationLib.segment import infer
+
+    model = load_model(tiny_model)
+    if flip_p is not None:  # as a trainer-exported card records it
+        card = dataclasses.replace(model.card, training={"synthesis": {"FLIP_LR_P": flip_p}})
+        model = dataclasses.replace(model, card=card)
+    seen, predict = [], infer.predict_probabilities
+    monkeypatch.setattr(infer, "predict_probabilities", lambda *a, **k: seen.append(a[4]) or predict(*a, **k))
+    image, _ = phantom(size=(48, 48, 32), spacing=(2.0, 2.0, 3.0))
+    result = run_segmentation(image, SegmentationSettings(model=model, device="cpu", n4=False, tta=asked))
+    assert seen == [mirrored]
+    warned = any("not trained on mirrored knees" in w for w in result.warnings)
+    assert warned == (asked is True and not flip_p)
+
+
 def test_cancel_mid_run_raises_and_returns_nothing(tiny_model):
     image, _ = phantom(size=(64, 64, 40), spacing=(1.5, 1.5, 2.5))
     token = CancelToken()

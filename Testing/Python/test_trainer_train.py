@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from KneeSegmentationLib.models.card import ModelCard
 from KneeSegmentationLib.models.network import UNet3D, UNetConfig
 
 from trainer.dataset import load_dataset
@@ -125,6 +126,35 @@ def test_a_three_bone_model_grows_a_patella_head_that_changes_nothing():
     assert torch.equal(a.argmax(1), b.argmax(1)) and float(b[:, 4].max()) < 1e-3
     with pytest.raises(ValueError):
         with_classes(grown, 4)
+
+
+def test_a_widened_network_computes_what_the_narrow_one_did():
+    from KneeSegmentationLib.models.network import config_of_state, widened
+
+    torch.manual_seed(0)
+    old = UNet3D(UNetConfig(features=(4, 8, 16))).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    exact, jittered = widened(old, (8, 12, 16), noise=0.0).eval(), widened(old, (8, 12, 16)).eval()
+    assert config_of_state(exact.state_dict()) == UNetConfig(features=(8, 12, 16))
+    with torch.no_grad():
+        a, b, c = old(x), exact(x), jittered(x)
+    assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+    assert not torch.equal(b, c) and float((a - c).abs().max()) < 0.1 * float(a.abs().max())  # copies can diverge
+    for bad in ((2, 8, 16), (8, 16)):  # narrower; another number of stages
+        with pytest.raises(ValueError):
+            widened(old, bad)
+
+
+def test_training_can_start_from_a_widened_model(dataset, tmp_path):
+    from KneeSegmentationLib.models.store import save_model
+    from trainer.train import starting_network
+
+    cfg = tiny_config(dataset, tmp_path / "run")
+    narrow = UNet3D(UNetConfig(features=cfg.features)).eval()
+    card = ModelCard(name="narrow", version=1, plan=cfg.plan())
+    cfg.init_model = str(save_model(narrow, card, tmp_path / "models"))
+    cfg.features = tuple(2 * f for f in cfg.features)
+    assert starting_network(cfg).config.features == cfg.features
 
 
 def test_cpu_training_uses_bfloat16_where_the_cpu_has_it():

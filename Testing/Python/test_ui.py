@@ -214,7 +214,7 @@ def test_ui_loads_in_qt(qt_app):
         assert loaded[name].metaObject().className() == cls, f"{name}: {loaded[name].metaObject().className()}"
     assert loaded["applyButton"].text() == "Apply" and not loaded["applyButton"].isEnabled()
     assert loaded["n4CheckBox"].isChecked()  # N4 on by default, as in the parameter node
-    assert not loaded["ttaCheckBox"].isChecked()
+    assert loaded["ttaCheckBox"].isChecked()  # the mirrored pass is on by default, as in the parameter node
     show3d = loaded["show3DButton"]
     assert show3d.isCheckable() and show3d.isChecked() and not show3d.isEnabled()  # enabled once there is a result
     root.deleteLater()

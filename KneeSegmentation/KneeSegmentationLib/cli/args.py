@@ -80,7 +80,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi", type=parse_roi, metavar="CX,CY,CZ,SX,SY,SZ", help="region to segment: cx,cy,cz,sx,sy,sz in LPS mm, e.g. "
                    "--roi -70,-10,0,140,140,140 (default: the whole image)")
     p.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
-    p.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the left-right mirrored prediction (default: when the model was trained on "
+                   "mirrored knees, as the bundled ones were; --no-tta: one pass, faster)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="replace existing output files (never an input); batch: "
                    "also run the cases that are finished")

@@ -58,6 +58,17 @@ class ModelCard:
         return self.plan.labels
 
     @property
+    def mirror_trained(self) -> bool:
+        """Whether training saw left-right mirrored knees (its record's ``synthesis.FLIP_LR_P`` > 0): only then
+        is a left knee's prediction mirrored a right knee's, and averaging the two (the pipeline's mirrored
+        pass, its default for such models) valid. A card without that record says no."""
+        synthesis = self.training.get("synthesis") if isinstance(self.training, dict) else None
+        try:
+            return float((synthesis or {}).get("FLIP_LR_P", 0.0)) > 0.0
+        except (TypeError, ValueError):
+            return False
+
+    @property
     def tag(self) -> str:
         return f"{self.name}/v{self.version}"
 

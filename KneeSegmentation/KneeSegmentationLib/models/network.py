@@ -87,6 +87,61 @@ def with_classes(net: UNet3D, out_channels: int) -> UNet3D:
     return grown.train(net.training)
 
 
+def widened(net: UNet3D, features: tuple[int, ...], seed: int = 0, noise: float = 0.005) -> UNet3D:
+    """``net`` with wider stages (``features``, each at least the old width) computing the same function
+    (Net2WiderNet, Chen et al. 2016): every new channel copies a random old channel of its stage, and the layer
+    reading a copied channel divides that channel's weights by its number of copies. InstanceNorm keeps copies
+    identical, so the logits are unchanged up to ``noise`` (relative weight noise that lets the copies diverge
+    in training). Why: a wider network starts from the trained one instead of from scratch, which on a CPU is
+    hours of training saved."""
+    old_f, new_f = tuple(net.config.features), tuple(int(f) for f in features)
+    if len(new_f) != len(old_f) or any(n < o for n, o in zip(new_f, old_f)):
+        raise ValueError(f"cannot widen a {old_f} network to {new_f}: as many stages, none narrower")
+    gen = torch.Generator().manual_seed(seed)
+
+    def channel_map(old: int, new: int) -> torch.Tensor:  # new channel k copies old channel map[k]
+        return torch.cat([torch.arange(old), torch.randint(0, old, (new - old,), generator=gen)])
+
+    def read(weight: torch.Tensor, mapping: torch.Tensor, dim: int) -> torch.Tensor:  # inputs: copy and share
+        counts = torch.bincount(mapping).to(weight.dtype)
+        shape = [1] * weight.dim()
+        shape[dim] = -1
+        return weight.index_select(dim, mapping) / counts[mapping].view(shape)
+
+    def jitter(weight: torch.Tensor) -> torch.Tensor:
+        return weight + noise * weight.std() * torch.randn(weight.shape, generator=gen, dtype=weight.dtype)
+
+    old = net.state_dict()
+    state: dict[str, torch.Tensor] = {}
+
+    def block(prefix: str, inputs: torch.Tensor | None, cout_old: int, cout_new: int) -> torch.Tensor:
+        """A conv block whose input channels follow ``inputs`` (None: unchanged); returns its output map."""
+        mid, out = channel_map(cout_old, cout_new), channel_map(cout_old, cout_new)
+        w = old[f"{prefix}.0.weight"] if inputs is None else read(old[f"{prefix}.0.weight"], inputs, 1)
+        state[f"{prefix}.0.weight"] = jitter(w.index_select(0, mid))
+        state[f"{prefix}.3.weight"] = jitter(read(old[f"{prefix}.3.weight"], mid, 1).index_select(0, out))
+        for norm, mapping in ((f"{prefix}.1", mid), (f"{prefix}.4", out)):
+            for part in ("weight", "bias"):
+                state[f"{norm}.{part}"] = old[f"{norm}.{part}"].index_select(0, mapping)
+        return out
+
+    skips, x = [], None
+    for i, (o, n) in enumerate(zip(old_f, new_f)):
+        x = block(f"encoders.{i}", x, o, n)
+        skips.append(x)
+    skips.pop()
+    for j, i in enumerate(range(len(old_f) - 1, 0, -1)):
+        up = channel_map(old_f[i - 1], new_f[i - 1])
+        state[f"ups.{j}.weight"] = jitter(read(old[f"ups.{j}.weight"], x, 0).index_select(1, up))
+        state[f"ups.{j}.bias"] = old[f"ups.{j}.bias"].index_select(0, up)
+        skip = skips.pop()
+        x = block(f"decoders.{j}", torch.cat([up, skip + old_f[i - 1]]), old_f[i - 1], new_f[i - 1])
+    state["head.weight"], state["head.bias"] = read(old["head.weight"], x, 1), old["head.bias"]
+    grown = UNet3D(UNetConfig(net.config.in_channels, net.config.out_channels, new_f))
+    grown.load_state_dict(state)
+    return grown.train(net.training)
+
+
 def config_of_state(state: dict, in_channels: int = 1) -> UNetConfig:
     """The ``UNetConfig`` a state dict was made with (widths from the encoders, classes from the head)."""
     features, i = [], 0

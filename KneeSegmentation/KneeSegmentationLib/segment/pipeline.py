@@ -42,7 +42,10 @@ class SegmentationSettings:
     device: str = "auto"
     n4: bool = True
     roi: RoiBox | None = None
-    tta: bool = False
+    # Average with the left-right mirrored prediction. None: when the model was trained on mirrored knees
+    # (``ModelCard.mirror_trained``, every released model): on the benchmark it lifts every bone's mean and
+    # worst Dice and the echo consistency, for one more network pass (~0.6 s on the sample).
+    tta: bool | None = None
     uncertainty: bool = False
     keep_probabilities: bool = False  # return the model-grid probabilities too (calibration, research)
 
@@ -151,9 +154,12 @@ def run_segmentation(
         grid, window = whole_image_grid(image, spacing, patch, model.card.network.size_divisor)
     from .infer import entropy, predict_probabilities
 
+    mirror = model.card.mirror_trained if settings.tta is None else settings.tta
+    if settings.tta and not model.card.mirror_trained:
+        warnings.append(f"{model.card.tag} was not trained on mirrored knees: its mirrored pass may be worse")
     report = stages.stage("Segmenting")
     prob, device, warn = _timed(timings, "network", lambda: predict_probabilities(  # input resampling included
-        model.network, prepare_input(image, grid, norm), window, device, settings.tta, report, cancel,
+        model.network, prepare_input(image, grid, norm), window, device, mirror, report, cancel,
         model.card.plan.logit_offsets))
     warnings.extend(warn)
     cancel.check()
