@@ -160,10 +160,13 @@ def summarize(rows: list[dict]) -> dict:
 def compare(summary_a: dict, summary_b: dict) -> bool:
     """True if ``summary_b`` beats ``summary_a`` on every bone: a strictly higher mean Dice per bone (a tie,
     e.g. 0 vs 0 for a bone neither model predicts, is not a win). Raises ``ValueError`` for summaries of
-    different benchmark versions or case plans, which are not comparable."""
+    different benchmark versions, case plans or mirrored passes (``tta``; absent in older ones: off), which are
+    not comparable."""
     for key in ("benchmark", "cases"):
         if summary_a.get(key) != summary_b.get(key):
             raise ValueError(f"benchmark summaries differ in {key!r}; they are not comparable")
+    if bool(summary_a.get("tta")) != bool(summary_b.get("tta")):
+        raise ValueError("one benchmark ran with the mirrored pass and the other without; they are not comparable")
     plan = lambda s: [(c["case"], c["seed"], c["contrast"]) for c in s.get("plan", [])]  # noqa: E731
     if plan(summary_a) != plan(summary_b):
         raise ValueError("benchmark summaries have different case plans (other dataset?); they are not comparable")

@@ -105,6 +105,9 @@ def test_compare():
     assert not B.compare(_summary(0.8, 0.7), _summary(0.9, 0.6))
     with pytest.raises(ValueError):
         B.compare(_summary(0.8, 0.7), _summary(0.9, 0.8, plan=({"case": "b/axial", "seed": 2, "contrast": "T1"},)))
+    with pytest.raises(ValueError, match="mirrored"):  # a summary without "tta" ran without the mirrored pass
+        B.compare(_summary(0.8, 0.7), {**_summary(0.9, 0.8), "tta": True})
+    assert B.compare({**_summary(0.8, 0.7), "tta": False}, _summary(0.9, 0.8))
 
 
 def test_quick_benchmark_with_tiny_model(tiny_dataset, tiny_model, tmp_path):
