@@ -186,6 +186,11 @@ def timing_model(features: str, spacing: float, patch: int, root: Path) -> Path:
     return save_model(build_network(card.plan).eval(), card, root)
 
 
+def tta_option(args: argparse.Namespace) -> list[str]:
+    """The child's mirrored-pass option: none (the model's choice), ``--tta`` or ``--no-tta``."""
+    return [] if args.tta is None else ["--tta" if args.tta else "--no-tta"]
+
+
 def run_child(case: str, args: argparse.Namespace, model: str | None) -> dict:
     cmd = [sys.executable, __file__, "--child", case, "--device", args.device, "--threads", str(args.threads)]
     if model:
@@ -194,8 +199,7 @@ def run_child(case: str, args: argparse.Namespace, model: str | None) -> dict:
         cmd.append("--default-n4-384")
     if args.masked_reference:
         cmd.append("--masked-reference")
-    if args.tta is not None:
-        cmd.append("--tta" if args.tta else "--no-tta")
+    cmd += tta_option(args)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -248,7 +252,7 @@ def run_process_case(args: argparse.Namespace, model: str | None, tmp: Path, run
                                                        os.environ.get("PYTHONPATH", "")]))
     out = tmp / f"process-{run}.seg.nrrd"
     cmd = [sys.executable, "-m", "KneeSegmentationLib.cli.main", "segment", str(SAMPLE), "-o", str(out), "-q",
-           "--device", args.device] + (["--model", model] if model else []) + ([] if args.tta is None else ["--tta" if args.tta else "--no-tta"])
+           "--device", args.device] + (["--model", model] if model else []) + tta_option(args)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -292,7 +292,7 @@ def run_benchmark(model: Path | str | LoadedModel, out_dir: Path, dataset: Path 
                "maps": {i: {"role": m.role, "file_sha256": m.entry.get("file_sha256", "")}
                         for i, m in maps.items() if i in {c.map_id for c in plan}},
                "grid": "acquisition grid (its spacing), full pipeline with N4",
-               "tta": model.card.mirror_trained if tta is None else tta,
+               "tta": SegmentationSettings(tta=tta).mirrored_for(model.card),
                "missing_prediction": "Dice 0, HD95/MSD nan in the CSV; counted in 'missed', not in the distance means",
                **summarize(rows), "plan": plan_info}
     write_text_atomically(out_dir / "benchmark.csv", _csv_text(rows))

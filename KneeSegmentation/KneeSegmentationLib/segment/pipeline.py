@@ -44,10 +44,15 @@ class SegmentationSettings:
     roi: RoiBox | None = None
     # Average with the left-right mirrored prediction. None: when the model was trained on mirrored knees
     # (``ModelCard.mirror_trained``, every released model): on the benchmark it lifts every bone's mean and
-    # worst Dice and the echo consistency, for one more network pass (~0.6 s on the sample).
+    # worst Dice and the echo consistency, for one more network pass (0.3-0.6 s on the sample).
     tta: bool | None = None
     uncertainty: bool = False
     keep_probabilities: bool = False  # return the model-grid probabilities too (calibration, research)
+
+    def mirrored_for(self, card) -> bool:
+        """Whether a run of the model of ``card`` averages with the mirrored prediction (``tta``; None: the
+        model's choice)."""
+        return card.mirror_trained if self.tta is None else self.tta
 
 
 @dataclass
@@ -154,7 +159,7 @@ def run_segmentation(
         grid, window = whole_image_grid(image, spacing, patch, model.card.network.size_divisor)
     from .infer import entropy, predict_probabilities
 
-    mirror = model.card.mirror_trained if settings.tta is None else settings.tta
+    mirror = settings.mirrored_for(model.card)
     if settings.tta and not model.card.mirror_trained:
         warnings.append(f"{model.card.tag} was not trained on mirrored knees: its mirrored pass may be worse")
     report = stages.stage("Segmenting")
