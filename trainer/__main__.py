@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from KneeSegmentationLib.errors import KneeSegError
+from KneeSegmentationLib.errors import InputError, KneeSegError
 from KneeSegmentationLib.models.plan import per_axis_spacing
 from KneeSegmentationLib.learn.contract import CONFIG_FILE, LAST
 
@@ -132,6 +132,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .train import train
 
     cfg = _config(a)
+    if a.widen and not a.init_model:
+        raise InputError("--widen widens a trained model: give it --init-model (a new network takes --features)")
     if a.init_model:
         from KneeSegmentationLib.models.card import read_card
 

@@ -157,6 +157,14 @@ def test_training_can_start_from_a_widened_model(dataset, tmp_path):
     assert starting_network(cfg).config.features == cfg.features
 
 
+def test_widen_without_a_model_to_widen_is_refused(dataset, tmp_path):
+    from trainer.__main__ import main
+
+    with pytest.raises(SystemExit, match="--widen widens a trained model"):
+        main(["train", "--dataset", str(dataset), "--run-dir", str(tmp_path / "run"), "--widen", "8,16"])
+    assert not (tmp_path / "run").exists()
+
+
 def test_cpu_training_uses_bfloat16_where_the_cpu_has_it():
     from trainer.train import autocast
     from KneeSegmentationLib.segment.precision import cpu_has_fast_bf16
