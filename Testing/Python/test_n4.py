@@ -148,3 +148,21 @@ def test_cancel_during_n4_then_exit_does_not_crash(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-500:]
     assert "cancelled" in proc.stdout
+
+
+def test_fit_progress_is_learnt_from_the_last_fit_and_holds_below_the_end(monkeypatch) -> None:
+    """The fit's progress is a time estimate (no Python observer inside ITK's loop): the expected duration is
+    the last finished fit's seconds per mask voxel, and an overrunning fit waits at 0.95, never at 1."""
+    from KneeSegmentationLib.segment import n4 as n4_module
+
+    monkeypatch.setattr(n4_module._FitClock, "seconds_per_voxel", 1e-4)
+    now = [100.0]
+    monkeypatch.setattr(n4_module.time, "perf_counter", lambda: now[0])
+    clock = n4_module._FitClock(10_000)  # expected 1 s
+    now[0] += 0.5
+    assert clock.fraction() == pytest.approx(0.475)
+    now[0] += 2.5  # the fit takes 3 s, longer than expected
+    assert clock.fraction() == 0.95
+    clock.finished()
+    assert n4_module._FitClock.seconds_per_voxel == pytest.approx(3e-4)
+    assert n4_module._FitClock(10_000).fraction() == 0.0
