@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder (new; datasets are never overwritten)")
     p.add_argument("--shape-train", type=int, default=120,
                    help="knees drawn from the LLP26 shape model for training (left and right)")
-    p.add_argument("--shape-val", type=int, default=2, help="held-out shape-model knees validating the training")
+    p.add_argument("--shape-val", type=int, default=6,
+                   help="held-out shape-model knees validating the training (6: the fixed benchmark's)")
     p.add_argument("--shape-test", type=int, default=4,
                    help="held-out shape-model knees that only the benchmark sees (their own seed range)")
     p.add_argument("--shape-spacing", type=float, default=1.0, help="grid (mm) of the shape-model maps")
