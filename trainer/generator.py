@@ -212,6 +212,10 @@ class Generator:
         if rng.random() < R.MARROW_LIKE_FAT_P:
             jitter = rng.uniform(-R.MARROW_FAT_JITTER, R.MARROW_FAT_JITTER, len(T.MARROWS))
             means[list(T.MARROWS)] = np.clip(means[T.FAT] + jitter, *R.MEAN_RANGE)
+        if rng.random() < R.FAT_SUPPRESSED_P:
+            means[T.FAT] = rng.uniform(*R.FAT_SUPPRESSED_RANGE)
+            jitter = rng.uniform(-R.MARROW_FAT_JITTER, R.MARROW_FAT_JITTER, len(T.MARROWS))
+            means[list(T.MARROWS)] = np.clip(means[T.FAT] + jitter, *R.MEAN_RANGE)
         if rng.random() < R.BAND_LIKE_FAT_P:
             means[T.FLUID] = means[T.FAT]
         if rng.random() < R.CORTEX_DARK_P:
