@@ -187,9 +187,10 @@ def _fit(n4: sitk.N4BiasFieldCorrectionImageFilter, small: sitk.Image, mask: sit
     ends in the background, its result discarded.
 
     Why progress is estimated from time (``_FitClock``) and not observed: an ITK iteration observer written in
-    Python takes the GIL at each of the fit's ~150 iterations, and while the model loader imports torch beside N4
-    every one of them waits for it; the whole first run on the sample measured 4.0-4.8 s without the observer
-    against 4.6-5.6 s with it.
+    Python takes the GIL at each of the fit's iterations, and each waits while another thread runs Python (the
+    model loader importing torch beside N4). With a pure-Python busy thread beside it the sample's fit took
+    6.8 s with the observer against 5.0-6.0 s without; in the pipeline on an idle machine, where torch imported in
+    0.75 s, N4 took 2.3 s either way (``scripts/benchmark.py --cases pipeline-sample``).
     """
     clock = _FitClock(int(sitk.GetArrayViewFromImage(mask).sum()))
     state = _FitState()
