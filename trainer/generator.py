@@ -210,12 +210,10 @@ class Generator:
         if rng.random() < R.SAME_MARROW_P:
             means[list(T.MARROWS)] = means[T.FEMUR_MARROW]
         if rng.random() < R.MARROW_LIKE_FAT_P:
-            jitter = rng.uniform(-R.MARROW_FAT_JITTER, R.MARROW_FAT_JITTER, len(T.MARROWS))
-            means[list(T.MARROWS)] = np.clip(means[T.FAT] + jitter, *R.MEAN_RANGE)
+            _marrow_follows_fat(means, rng)
         if rng.random() < R.FAT_SUPPRESSED_P:
             means[T.FAT] = rng.uniform(*R.FAT_SUPPRESSED_RANGE)
-            jitter = rng.uniform(-R.MARROW_FAT_JITTER, R.MARROW_FAT_JITTER, len(T.MARROWS))
-            means[list(T.MARROWS)] = np.clip(means[T.FAT] + jitter, *R.MEAN_RANGE)
+            _marrow_follows_fat(means, rng)
         if rng.random() < R.BAND_LIKE_FAT_P:
             means[T.FLUID] = means[T.FAT]
         if rng.random() < R.CORTEX_DARK_P:
@@ -281,3 +279,9 @@ class Generator:
             inside &= ok.view(view)
         params.update(fov_mm=[round(e) for e in extent])
         return inside
+
+
+def _marrow_follows_fat(means: np.ndarray, rng: np.random.Generator) -> None:
+    """Every marrow takes fat's mean plus a small jitter (adult marrow is fat), in place."""
+    jitter = rng.uniform(-R.MARROW_FAT_JITTER, R.MARROW_FAT_JITTER, len(T.MARROWS))
+    means[list(T.MARROWS)] = np.clip(means[T.FAT] + jitter, *R.MEAN_RANGE)

@@ -59,6 +59,8 @@ MARROW_FAT_JITTER = 0.05  # ...plus a uniform offset within ±this
 # together, so the femur's and tibia's outline is only the thin dark cortex between dark marrow and dark fat.
 # Uniform tissue means make that case rare (~10 % of samples); v5 under-segmented the femur by 2-5 % in 6 of
 # its 7 worst benchmark cases, all PD-FS. With this probability fat takes a dark mean and marrow follows it.
+# (The v8 candidate, v5 fine-tuned 65 min with it, lifted the worst femur/tibia 0.961 -> 0.965/0.964 and lost
+# on the fibula and patella; not released. Released models were trained without it: see their cards.)
 FAT_SUPPRESSED_P = 0.25
 FAT_SUPPRESSED_RANGE = (0.0, 0.25)
 # The generation maps put a 2 mm band of "fluid/soft tissue" around every labelled structure: a cue real
