@@ -28,6 +28,20 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in text.split(","))
 
 
+def _class_weights(text: str) -> tuple[float, ...]:
+    """Cross-entropy weights, one per class (background, femur, tibia, fibula, patella), each > 0."""
+    from KneeSegmentationLib.constants import NUM_CLASSES
+
+    try:
+        weights = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        weights = ()
+    if len(weights) != NUM_CLASSES or not all(w > 0 for w in weights):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give {NUM_CLASSES} positive weights (background,femur,tibia,fibula,patella), e.g. 1,1,1,3,2")
+    return weights
+
+
 def _spacing(text: str) -> tuple[float, float, float]:
     """``1.5`` (isotropic) or ``1.5,1.5,3`` (x, y, z), in mm."""
     try:
@@ -66,6 +80,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="model grid spacing (mm): one number, or three (x,y,z) e.g. 1.5,1.5,3")
     p.add_argument("--patch", type=_ints, default=d.patch, help="inference window (voxels), e.g. 96,96,96")
     p.add_argument("--crop", type=_ints, default=d.crop, help="training sample size (voxels)")
+    p.add_argument("--class-weights", type=_class_weights, default=d.class_weights,
+                   help="cross-entropy weight per class: background,femur,tibia,fibula,patella")
     for flag, kind, text in _SCALAR_OPTIONS:
         p.add_argument(flag, type=kind, default=getattr(d, flag[2:].replace("-", "_")), help=text)
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
@@ -78,7 +94,7 @@ def _config(a: argparse.Namespace, **extra) -> TrainConfig:
         patch=tuple(a.patch), crop=tuple(a.crop), batch=a.batch, lr=a.lr, steps=a.steps, warmup=a.warmup,
         val_every=a.val_every, val_cases=a.val_cases, patience=a.patience, checkpoint_every=a.checkpoint_every,
         log_every=a.log_every, seed=a.seed, max_minutes=a.max_minutes, budget_minutes=a.budget_minutes,
-        threads=a.threads, workers=a.workers, amp=not a.no_amp,
+        threads=a.threads, workers=a.workers, amp=not a.no_amp, class_weights=tuple(a.class_weights),
         **extra)
 
 

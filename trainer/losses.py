@@ -2,8 +2,10 @@
 
 Class imbalance (the 2017 thesis's multi-class net never found the fibula): the soft Dice term is averaged
 with equal weight over the three bones, whatever their size, so the fibula contributes a third of it; the
-cross-entropy gets per-class weights (``DEFAULT_CLASS_WEIGHTS``: fibula x3); and the generator centres a
-share of the crops on the fibula and the patella (``ranges.BONE_CROP_P``, ``ranges.BONE_CROP_WEIGHTS``).
+cross-entropy gets per-class weights (``DEFAULT_CLASS_WEIGHTS``: fibula x3, patella x2; ``train
+--class-weights`` changes them for a run); and the generator centres a share of the crops on the fibula and the
+patella (``ranges.BONE_CROP_P``, ``ranges.BONE_CROP_WEIGHTS``). The weights shift the learned prior towards the
+small bones (they come out too large); ``calibrate`` fits the logit offsets that take most of that back.
 """
 from __future__ import annotations
 

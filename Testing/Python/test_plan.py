@@ -89,6 +89,24 @@ def test_the_spacing_option_refuses_two_numbers(tmp_path, capsys):
         per_axis_spacing((1.0, 2.0))
 
 
+def test_the_class_weights_option_reaches_the_run_config(tmp_path):
+    from trainer.__main__ import _config
+
+    a = build_parser().parse_args(["train", "--dataset", str(tmp_path), "--run-dir", str(tmp_path),
+                                   "--class-weights", "1,1,1,1.5,1.25"])
+    assert _config(a).class_weights == (1.0, 1.0, 1.0, 1.5, 1.25)
+    default = build_parser().parse_args(["train", "--dataset", str(tmp_path), "--run-dir", str(tmp_path)])
+    assert _config(default).class_weights == TrainConfig().class_weights
+
+
+@pytest.mark.parametrize("text", ["1,1,1,3", "1,1,1,3,0", "1,1,x,3,2"])
+def test_the_class_weights_option_refuses_a_wrong_count_or_a_weight_not_above_zero(text, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--dataset", str(tmp_path), "--run-dir", str(tmp_path),
+                                   "--class-weights", text])
+    assert "positive weights" in capsys.readouterr().err
+
+
 def test_only_build_network_constructs_the_network():
     """Training, export, evaluation and loading build the network of a plan through ``build_network``; nobody
     else in the library or the trainer calls ``UNet3D(...)`` from loose settings."""
