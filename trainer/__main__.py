@@ -14,6 +14,7 @@ Typical session::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -40,6 +41,23 @@ def _class_weights(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(
             f"{text!r}: give {NUM_CLASSES} positive weights (background,femur,tibia,fibula,patella), e.g. 1,1,1,3,2")
     return weights
+
+
+def _synthesis_setting(text: str) -> tuple[str, object]:
+    """NAME=VALUE for one range of ``trainer/ranges.py``; VALUE is JSON (0.1, [1.5, 5.0]), checked there."""
+    from . import ranges
+
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE, e.g. FAT_SUPPRESSED_P=0")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be a number or a list, e.g. 0.1 or [1.5,5]") from None
+    try:
+        return next(iter(ranges.checked_overrides({name.strip(): parsed}).items()))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _spacing(text: str) -> tuple[float, float, float]:
@@ -84,6 +102,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="cross-entropy weight per class: background,femur,tibia,fibula,patella")
     for flag, kind, text in _SCALAR_OPTIONS:
         p.add_argument(flag, type=kind, default=getattr(d, flag[2:].replace("-", "_")), help=text)
+    p.add_argument("--synthesis", type=_synthesis_setting, action="append", default=[], metavar="NAME=VALUE",
+                   help="override one range of trainer/ranges.py for this run (repeatable), e.g. FAT_SUPPRESSED_P=0")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--fresh", action="store_true", help="do not resume from RUN/last.pt")
 
@@ -95,7 +115,7 @@ def _config(a: argparse.Namespace, **extra) -> TrainConfig:
         val_every=a.val_every, val_cases=a.val_cases, patience=a.patience, checkpoint_every=a.checkpoint_every,
         log_every=a.log_every, seed=a.seed, max_minutes=a.max_minutes, budget_minutes=a.budget_minutes,
         threads=a.threads, workers=a.workers, amp=not a.no_amp, class_weights=tuple(a.class_weights),
-        **extra)
+        synthesis=dict(a.synthesis), **extra)
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:

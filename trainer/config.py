@@ -32,6 +32,7 @@ class TrainConfig:
     steps: int = 3000
     min_lr_fraction: float = 0.02
     class_weights: tuple[float, ...] = DEFAULT_CLASS_WEIGHTS
+    synthesis: dict = field(default_factory=dict)  # overrides of trainer/ranges.py for this run (NAME: value)
     val_every: int = 200
     val_cases: int = 6  # held-out (val-role) maps for Femur/Tibia; a third of them on the fibula map
     patience: int = 8  # validations without improvement before early stopping

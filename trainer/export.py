@@ -29,8 +29,10 @@ from .runfolder import BEST, CONFIG_FILE, LAST, TRAIN_LOG, best_model, load_chec
 MODEL_CARD_MD = "MODEL_CARD.md"
 
 
-def synthesis_ranges() -> dict:
-    return {k: v for k, v in vars(ranges).items() if k.isupper()}
+def synthesis_ranges(overrides: dict | None = None) -> dict:
+    """The ranges a run drew from: this module's, with the run's ``--synthesis`` overrides."""
+    table = {k: v for k, v in vars(ranges).items() if k.isupper()}
+    return {**table, **ranges.checked_overrides(overrides or {})}
 
 
 def hardware() -> str:
@@ -94,7 +96,7 @@ def run_summary(run: Path, cfg: TrainConfig) -> dict:
         "data_source": "label maps of the mskt 0.1.22 sdist (PyPI, MIT per its metadata) and knees drawn from "
                        "the LLP26 shape model (musculoskeletal-models 0.2.4 sdist, MPL-2.0); images synthesized",
         "settings": {k: v for k, v in cfg.__dict__.items() if k not in ("dataset", "run_dir", "init_model", "cases")},
-        "synthesis": synthesis_ranges(),
+        "synthesis": synthesis_ranges(cfg.synthesis),
         "class_imbalance": "soft Dice averaged equally over the bones + CE weighted (bg, femur, tibia, "
                            f"fibula, patella) = {list(cfg.class_weights)}; {ranges.BONE_CROP_P:.0%} of the crops "
                            "centred on a point of a random bone (shafts, fibula and patella included)",

@@ -97,7 +97,7 @@ class Generator:
     """
 
     def __init__(self, maps: list[LabelMap], spacing: float | Sequence[float], crop: tuple[int, int, int],
-                 normalization: dict | None = None, bone_crop_p: float = R.BONE_CROP_P) -> None:
+                 normalization: dict | None = None, bone_crop_p: float | None = None) -> None:
         if not maps:
             raise ValueError("the generator needs at least one label map")
         self.maps = maps
@@ -105,7 +105,7 @@ class Generator:
         self._spacing_zyx = self.spacing[::-1]  # along the array axes
         self.crop = tuple(int(c) for c in crop)
         self.normalization = dict(normalization or DEFAULT_NORMALIZATION)
-        self.bone_crop_p = bone_crop_p
+        self.bone_crop_p = R.BONE_CROP_P if bone_crop_p is None else bone_crop_p  # read now: a run may override it
         self.map_p = map_probabilities(maps)
         # Offsets (z, y, x order) of voxel positions of the fine output grid, centred on 0, in mm.
         self._fine = [self._axis(n * SUPERSAMPLE, s / SUPERSAMPLE) for n, s in zip(self.crop, self._spacing_zyx)]

@@ -19,6 +19,8 @@ Why these ranges:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 # --- Spatial -------------------------------------------------------------------------------------------
 ROTATION_DEG = 25.0  # uniform in ±ROTATION_DEG about each of the three patient axes
 SCALING = 0.15  # per-axis scale factor uniform in [1 - SCALING, 1 + SCALING]
@@ -96,3 +98,41 @@ TENDON_OVERLAP_MM = 4.0  # it starts this far inside the pole (only soft tissue 
 TENDON_REACH_MM = 70.0  # no tendon voxel lies farther than this from the patella's bounding box
 TENDON_DARK_P = 0.9  # probability that the tendons are dark (as in every standard sequence)...
 TENDON_DARK_RANGE = (0.0, 0.12)  # ...with a mean in this range
+
+
+# --- Run settings that override a range (``train --synthesis NAME=VALUE``) -------------------------------------
+def checked_overrides(overrides: dict) -> dict:
+    """``overrides`` ({NAME: value}) after checking that each NAME is a range of this module and each value
+    has its kind (a number for a number, a pair for a pair): a typo must not train a run on the defaults."""
+    table = globals()
+    out = {}
+    for name, value in overrides.items():
+        if not name.isupper() or name not in table or callable(table[name]):
+            raise ValueError(f"--synthesis {name}: not a synthesis range (see trainer/ranges.py)")
+        default = table[name]
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"--synthesis {name}: a number is expected, not {value!r}")
+            value = type(default)(value) if isinstance(default, float) else value
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or len(value) != len(default):
+                raise ValueError(f"--synthesis {name}: {len(default)} numbers are expected, not {value!r}")
+            value = tuple(float(v) for v in value)
+        elif type(value) is not type(default):
+            raise ValueError(f"--synthesis {name}: a {type(default).__name__} is expected, not {value!r}")
+        out[name] = value
+    return out
+
+
+@contextmanager
+def overridden(overrides: dict):
+    """Sets the ranges in ``overrides`` for the duration of a run (the generator and the workers it forks read
+    this module), then restores them."""
+    table = globals()
+    checked = checked_overrides(overrides)
+    saved = {name: table[name] for name in checked}
+    table.update(checked)
+    try:
+        yield
+    finally:
+        table.update(saved)

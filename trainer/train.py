@@ -26,6 +26,7 @@ from KneeSegmentationLib.models.network import UNet3D, build_network, widened, w
 from KneeSegmentationLib.segment.precision import cpu_has_fast_bf16
 from KneeSegmentationLib.learn.contract import CONFIG_FILE, TRAIN_LOG, VAL_LOG, clear_result, write_result
 
+from . import ranges
 from .config import TrainConfig
 from .dataset import load_dataset
 from .generator import Generator, Sample
@@ -174,7 +175,8 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> dict:
     """Runs (or resumes) the run in ``cfg.run_dir``; returns a summary (steps, time, best score)."""
     d = setup_distributed()
     try:
-        return _train(cfg, d, resume, log)
+        with ranges.overridden(cfg.synthesis):  # the run's own synthesis settings, its workers included
+            return _train(cfg, d, resume, log)
     finally:
         if d.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -107,6 +107,55 @@ def test_the_class_weights_option_refuses_a_wrong_count_or_a_weight_not_above_ze
     assert "positive weights" in capsys.readouterr().err
 
 
+def test_the_synthesis_option_reaches_the_run_config_checked_and_repeatable(tmp_path):
+    from trainer.__main__ import _config
+
+    a = build_parser().parse_args(["train", "--dataset", str(tmp_path), "--run-dir", str(tmp_path),
+                                   "--synthesis", "FAT_SUPPRESSED_P=0", "--synthesis", "NOISE_STD=[0, 0.05]"])
+    cfg = _config(a)
+    assert cfg.synthesis == {"FAT_SUPPRESSED_P": 0.0, "NOISE_STD": (0.0, 0.05)}
+    cfg.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json").synthesis == {"FAT_SUPPRESSED_P": 0.0, "NOISE_STD": [0.0, 0.05]}
+    default = build_parser().parse_args(["train", "--dataset", str(tmp_path), "--run-dir", str(tmp_path)])
+    assert _config(default).synthesis == {}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("FAT_SUPRESSED_P=0", "not a synthesis range"), ("overridden=1", "not a synthesis range"),
+    ("FAT_SUPPRESSED_P", "NAME=VALUE"), ("FAT_SUPPRESSED_P=abc", "a number or a list"),
+    ("NOISE_STD=0.1", "2 numbers are expected"), ("FAT_SUPPRESSED_P=[0]", "a number is expected"),
+    ("BONE_CROP_WEIGHTS=1", "a dict is expected")])
+def test_the_synthesis_option_refuses_a_typo_or_a_value_of_another_kind(text, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--dataset", str(tmp_path), "--run-dir", str(tmp_path),
+                                   "--synthesis", text])
+    assert message in capsys.readouterr().err
+
+
+def test_a_run_draws_with_its_synthesis_overrides_records_them_and_restores_the_ranges(dataset, tmp_path):
+    """``train --synthesis``: the generator made inside the run reads the overridden range, the exported card
+    records the value the run drew from, and the module's ranges are the defaults again afterwards."""
+    from trainer_data import tiny_config
+
+    from trainer import ranges
+    from trainer.dataset import load_dataset
+    from trainer.export import export
+    from trainer.generator import Generator
+    from trainer.train import train
+
+    default_p, default_crop_p = ranges.FAT_SUPPRESSED_P, ranges.BONE_CROP_P
+    with ranges.overridden({"BONE_CROP_P": 0.0}):
+        assert Generator(load_dataset(dataset), (4.0, 4.0, 4.0), (16, 16, 16)).bone_crop_p == 0.0
+    assert ranges.BONE_CROP_P == default_crop_p
+    cfg = tiny_config(dataset, tmp_path / "run", steps=2, val_every=2, workers=0)
+    cfg.synthesis = {"FAT_SUPPRESSED_P": 1.0}
+    train(cfg, resume=False, log=lambda *_: None)
+    assert ranges.FAT_SUPPRESSED_P == default_p
+    card = load_model(export(tmp_path / "run", root=tmp_path / "models", name="fs")).card
+    assert card.training["synthesis"]["FAT_SUPPRESSED_P"] == 1.0
+    assert card.training["settings"]["synthesis"] == {"FAT_SUPPRESSED_P": 1.0}
+
+
 def test_only_build_network_constructs_the_network():
     """Training, export, evaluation and loading build the network of a plan through ``build_network``; nobody
     else in the library or the trainer calls ``UNet3D(...)`` from loose settings."""
