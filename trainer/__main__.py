@@ -168,6 +168,9 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .train import train
 
     cfg = _config(a)
+    if a.regrid and not a.init_model:
+        raise InputError("--regrid moves a trained model to another grid: give it --init-model (a new network "
+                         "takes --spacing)")
     if a.widen and not a.init_model:
         raise InputError("--widen widens a trained model: give it --init-model (a new network takes --features)")
     if a.init_model:
@@ -177,6 +180,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         cfg.take_plan(read_card(a.init_model).plan)  # the model's network and preprocessing; classes may grow
         if a.widen:
             cfg.features = tuple(a.widen)  # starting_network widens the model's weights to these stages
+        if a.regrid:
+            cfg.regrid(a.regrid)  # the model's weights, trained on another grid from here on
     if not a.fresh and (a.run / CONFIG_FILE).is_file() and (a.run / LAST).is_file():
         cfg = TrainConfig.load(a.run / CONFIG_FILE)
         cfg.max_minutes, cfg.steps = a.max_minutes or cfg.max_minutes, max(cfg.steps, a.steps)
@@ -266,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--widen", type=_ints, metavar="FEATURES",
                    help="with --init-model: widen its stages to these widths (e.g. 16,32,64,128), computing the "
                    "same function at the start (Net2WiderNet)")
+    p.add_argument("--regrid", type=_spacing, metavar="SPACING",
+                   help="with --init-model: train its weights on this model grid (mm, e.g. 1.3), the window "
+                   "scaled to the same field of view")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("finetune", help="continue a model on corrected cases mixed with synthetic images")

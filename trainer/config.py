@@ -7,6 +7,7 @@ model's plan (``take_plan``) instead of its own network and preprocessing option
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -75,6 +76,19 @@ class TrainConfig:
             raise ValueError(f"cannot train on a {pre.orientation!r} grid (the trainer renders LPS grids)")
         self.features, self.spacing_mm, self.patch = tuple(plan.network.features), pre.spacing_mm, pre.patch_size
         self.normalization = dict(pre.normalization)
+
+    def regrid(self, spacing_mm) -> None:
+        """Moves the run to another model grid (``train --init-model M --regrid 1.3``): the network is fully
+        convolutional, so a model's weights run on any grid, but they learnt anatomy at their own voxel size and
+        must be trained on the new one. The inference window grows or shrinks to span the same field of view
+        (rounded up to whole network blocks), so an image is run in as many passes as before."""
+        new = per_axis_spacing(spacing_mm)
+        if not all(0.3 <= s <= 5.0 for s in new):
+            raise ValueError(f"--regrid {spacing_mm}: a model grid of 0.3-5 mm is expected")
+        divisor = self.plan().network.size_divisor
+        self.patch = tuple(int(math.ceil(p * old / s / divisor) * divisor)
+                           for p, old, s in zip(self.patch, self.spacing_mm[::-1], new[::-1]))
+        self.spacing_mm = new
 
     def save(self, path: Path) -> None:
         tmp = Path(path).with_suffix(".tmp")

@@ -165,6 +165,37 @@ def test_widen_without_a_model_to_widen_is_refused(dataset, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_model_regridded_trains_and_exports_on_the_new_grid_with_a_window_of_the_same_field(dataset, tmp_path):
+    """``train --init-model M --regrid S``: the run starts from M's weights on an S-mm grid, its window scaled to
+    M's field of view (rounded up to whole network blocks), and the model it exports is planned on that grid."""
+    from KneeSegmentationLib.models.store import load_model, save_model
+    from trainer.__main__ import main
+    from trainer.export import export
+
+    cfg = tiny_config(dataset, tmp_path / "run")
+    card = ModelCard(name="coarse", version=1, plan=cfg.plan())
+    parent = save_model(UNet3D(UNetConfig(features=cfg.features)).eval(), card, tmp_path / "models")
+    finer = tuple(s * 0.75 for s in cfg.spacing_mm)
+    main(["train", "--dataset", str(dataset), "--run-dir", str(tmp_path / "run"), "--init-model", str(parent),
+          "--regrid", ",".join(str(s) for s in finer), "--crop", ",".join(map(str, cfg.crop)), "--steps", "2",
+          "--val-every", "1000", "--val-cases", "2", "--checkpoint-every", "2", "--workers", "0", "--threads", "1"])
+    plan = load_model(export(tmp_path / "run", root=tmp_path / "out", name="fine")).card.preprocessing
+    assert plan.spacing_mm == finer
+    assert cfg.patch == (24, 24, 24) and cfg.plan().network.size_divisor == 2
+    assert plan.patch_size == (32, 32, 32)  # 24 voxels of 4 mm = 32 voxels of 3 mm: the same 96 mm
+
+
+def test_regrid_without_a_model_is_refused_and_a_grid_out_of_range_too(dataset, tmp_path):
+    from trainer.__main__ import main
+    from trainer.config import TrainConfig
+
+    with pytest.raises(SystemExit, match="--regrid moves a trained model"):
+        main(["train", "--dataset", str(dataset), "--run-dir", str(tmp_path / "run"), "--regrid", "1.3"])
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="0.3-5 mm"):
+        TrainConfig().regrid(0.1)
+
+
 def test_cpu_training_uses_bfloat16_where_the_cpu_has_it():
     from trainer.train import autocast
     from KneeSegmentationLib.segment.precision import cpu_has_fast_bf16
