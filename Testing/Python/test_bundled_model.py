@@ -27,15 +27,15 @@ from realdata import mskt_data, mskt_dicom
 
 BUNDLED = list_models([bundled_models_root()])
 MAX_MB = 10
-# Floors for the default model (knee-bones v5: measured at export minus a margin; see its MODEL_CARD.md).
+# Floors for the default model (knee-bones v12: measured at export minus a margin; see its MODEL_CARD.md).
 FLOOR_HELDOUT_DICE = {"Femur": 0.95, "Tibia": 0.95}  # set on v4 (0.973 / 0.969 on this rendered case)
 # The benchmark's case of the real held-out map in the coronal plane, through the full pipeline, on its
-# acquisition grid: measured Femur 0.973, Tibia 0.966, Patella 0.926 with the mirrored pass (one pass 0.972,
-# 0.965, 0.925; v4: 0.970, 0.961, 0.915).
+# acquisition grid: measured Femur 0.973, Tibia 0.966, Patella 0.924 with the mirrored pass (v5 0.973, 0.966,
+# 0.926; v4: 0.970, 0.961, 0.915).
 FLOOR_BENCHMARK_CASE = {"Femur": 0.95, "Tibia": 0.945, "Patella": 0.90}
-# Within the 16 x 16 x 9.6 cm field of view, with N4 and the mirrored pass as the product runs (v5): femur 220,
-# tibia 157, fibular head 3.5, patella 29 ml (too large: it takes part of the quadriceps tendon; the card's known
-# limits; one pass 31 ml, v4 37 ml).
+# Within the 16 x 16 x 9.6 cm field of view, with N4 and the mirrored pass as the product runs (v12): femur 225,
+# tibia 157, fibular head 3.7, patella 28 ml (a little too large: it takes part of the quadriceps tendon; the
+# card's known limits; v5 29 ml, v4 37 ml).
 SAMPLE_VOLUME_ML = {1: (60, 700), 2: (30, 500), 3: (1, 40), 4: (5, 35)}
 
 

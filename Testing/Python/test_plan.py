@@ -42,7 +42,7 @@ def test_a_non_isotropic_plan_survives_the_card_on_disk(tmp_path):
     assert load_model(folder).card.plan == plan
 
 
-@pytest.mark.parametrize("version", ["v4", "v5"])
+@pytest.mark.parametrize("version", ["v4", "v5", "v12"])
 def test_the_bundled_cards_read_and_write_unchanged_through_the_plan(version):
     """The card format on disk is not changed by the plan object: each bundled card is rewritten identically."""
     path = bundled_models_root() / "knee-bones" / version / CARD_FILE

@@ -34,8 +34,8 @@ class Plausible:
 
 # The real MESE sample: 160 x 160 x 96 mm sagittal field of view around the joint; it holds the distal femur,
 # the proximal tibia, the fibular head and the patella. Wide bounds (femur and tibia as in test_bundled_model.py):
-# they catch an empty, exploded or swapped result. The bundled model (knee-bones v5, mirrored pass) finds the
-# fibular head (3.5-5.5 ml with N4) and a patella of 29-30 ml (too large; MODEL_CARD.md); without N4 the head may be missed, so
+# they catch an empty, exploded or swapped result. The bundled model (knee-bones v12, mirrored pass) finds the
+# fibular head (3.0-5.0 ml with N4) and a patella of 27-28 ml (a little too large; MODEL_CARD.md); without N4 the head may be missed, so
 # the Fibula bound only catches an exploded fibula.
 REAL_SAMPLE = Plausible({"Femur": (30.0, 700.0), "Tibia": (20.0, 500.0), "Fibula": (0.0, 40.0),
                          "Patella": (5.0, 80.0)})
