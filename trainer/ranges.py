@@ -113,7 +113,9 @@ def checked_overrides(overrides: dict) -> dict:
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"--synthesis {name}: a number is expected, not {value!r}")
-            value = type(default)(value) if isinstance(default, float) else value
+            if isinstance(default, int) and value != int(value):
+                raise ValueError(f"--synthesis {name}: a whole number is expected, not {value!r}")
+            value = type(default)(value)
         elif isinstance(default, tuple):
             if not isinstance(value, (list, tuple)) or len(value) != len(default):
                 raise ValueError(f"--synthesis {name}: {len(default)} numbers are expected, not {value!r}")

@@ -124,7 +124,7 @@ def test_the_synthesis_option_reaches_the_run_config_checked_and_repeatable(tmp_
     ("FAT_SUPRESSED_P=0", "not a synthesis range"), ("overridden=1", "not a synthesis range"),
     ("FAT_SUPPRESSED_P", "NAME=VALUE"), ("FAT_SUPPRESSED_P=abc", "a number or a list"),
     ("NOISE_STD=0.1", "2 numbers are expected"), ("FAT_SUPPRESSED_P=[0]", "a number is expected"),
-    ("BONE_CROP_WEIGHTS=1", "a dict is expected")])
+    ("BONE_CROP_WEIGHTS=1", "a dict is expected"), ("ELASTIC_CONTROL_POINTS=2.5", "a whole number")])
 def test_the_synthesis_option_refuses_a_typo_or_a_value_of_another_kind(text, message, tmp_path, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--dataset", str(tmp_path), "--run-dir", str(tmp_path),
