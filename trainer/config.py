@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from KneeSegmentationLib.constants import NUM_CLASSES
+from KneeSegmentationLib.limits import check_model_card
 from KneeSegmentationLib.models.config import UNetConfig
 from KneeSegmentationLib.models.plan import ModelPlan, Preprocessing, per_axis_spacing
 
@@ -86,9 +87,10 @@ class TrainConfig:
         if not all(0.3 <= s <= 5.0 for s in new):
             raise ValueError(f"--regrid {spacing_mm}: a model grid of 0.3-5 mm is expected")
         divisor = self.plan().network.size_divisor
-        self.patch = tuple(int(math.ceil(p * old / s / divisor) * divisor)
-                           for p, old, s in zip(self.patch, self.spacing_mm[::-1], new[::-1]))
-        self.spacing_mm = new
+        patch = tuple(int(math.ceil(p * old / s / divisor) * divisor)
+                      for p, old, s in zip(self.patch, self.spacing_mm[::-1], new[::-1]))
+        check_model_card(new, patch, self.features, where=f"--regrid {spacing_mm}")  # before training, not at export
+        self.patch, self.spacing_mm = patch, new
 
     def save(self, path: Path) -> None:
         tmp = Path(path).with_suffix(".tmp")

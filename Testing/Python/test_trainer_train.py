@@ -194,6 +194,12 @@ def test_regrid_without_a_model_is_refused_and_a_grid_out_of_range_too(dataset, 
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="0.3-5 mm"):
         TrainConfig().regrid(0.1)
+    from KneeSegmentationLib.errors import ModelError
+
+    cfg = TrainConfig()
+    with pytest.raises(ModelError, match="--regrid 0.4"):  # a 360-voxel window: refused before training
+        cfg.regrid(0.4)
+    assert (cfg.spacing_mm, cfg.patch) == (TrainConfig().spacing_mm, TrainConfig().patch)
 
 
 def test_cpu_training_uses_bfloat16_where_the_cpu_has_it():
