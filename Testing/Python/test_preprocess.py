@@ -32,6 +32,18 @@ def test_whole_image_grid_never_goes_below_the_window_or_coarser_than_the_model(
     assert np.all(lo <= blo) and np.all(hi >= bhi)
 
 
+def test_whole_image_grid_reads_the_patch_in_array_order():
+    """patch is (z, y, x) like the network's arrays, spacing (x, y, z) like SimpleITK's: a thin slab (short in z)
+    fits a (32, 96, 96) window in one pass, its grid never below the window along any axis."""
+    slab = centered_grid((140, 140, 40), (1.0, 1.0, 1.0))  # x, y, z
+    grid, window = whole_image_grid(slab, (1.5,) * 3, (32, 96, 96), 8)
+    assert grid.GetSize() == (96, 96, 32)
+    assert window == (32, 96, 96)
+    tall = centered_grid((140, 140, 400), (1.0, 1.0, 1.0))
+    grid, window = whole_image_grid(tall, (1.5,) * 3, (32, 96, 96), 8)
+    assert window == (32, 96, 96) and grid.GetSize()[2] > 96  # tiles along z, in the window's own order
+
+
 def test_oblique_image_lands_on_the_right_place():
     rot = sitk.VersorTransform((0.3, 0.2, 1.0), 0.5).GetMatrix()  # oblique, anisotropic acquisition
     _, labels = phantom(size=(60, 60, 30), spacing=(1.5, 1.5, 4.0), direction=rot)

@@ -39,7 +39,8 @@ class Preprocessing:
     """How an image must be prepared before the network sees it; stored in the card under ``input``.
 
     ``spacing_mm`` is per axis, in the grid's (x, y, z) order (SimpleITK's): a model may be planned on a grid
-    that is coarser across slices than in plane."""
+    that is coarser across slices than in plane. ``patch_size`` (the inference window, the trainer's validation
+    samples) is in (z, y, x) order, that of the arrays the network sees — like the trainer's ``--crop``."""
 
     spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
     patch_size: tuple[int, int, int] = (96, 96, 96)

@@ -72,14 +72,18 @@ def whole_image_grid(image: sitk.Image, spacing: Sequence[float], patch: Sequenc
     """(grid, window): a grid at the model's ``spacing`` covering the whole image (sizes rounded up to
     multiples of ``divisor``, never below ``patch``) and the window to run on it: the whole grid when it is at
     most ``growth`` x ``patch`` (one pass), else ``patch`` (overlapping tiles). Every voxel of the image is
-    seen at the scale the network learnt: a tall image's shafts are segmented like its joint."""
+    seen at the scale the network learnt: a tall image's shafts are segmented like its joint.
+
+    ``spacing`` is (x, y, z) like SimpleITK's; ``patch`` and the window returned are (z, y, x), the order of the
+    arrays the network sees (see ``Preprocessing``)."""
     spacing = np.asarray(spacing, float)
+    patch_xyz = np.asarray(patch, int)[::-1]
     lo, hi = physical_bounds(image)
     extent = hi - lo + np.array(image.GetSpacing()).max()
     size = np.ceil(extent / spacing).astype(int) + 1
-    size = np.maximum(np.ceil(size / divisor).astype(int) * divisor, np.asarray(patch))
+    size = np.maximum(np.ceil(size / divisor).astype(int) * divisor, patch_xyz)
     grid = model_grid_around((lo + hi) / 2, spacing, size)
-    single = not np.any(size > np.asarray(patch) * growth)
+    single = not np.any(size > patch_xyz * growth)
     window = tuple(int(s) for s in (size[::-1] if single else patch))
     return grid, window
 
