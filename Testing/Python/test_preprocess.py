@@ -109,6 +109,23 @@ def test_clean_labels_removes_islands_and_fills_holes():
     assert np.array_equal(cleaned, lab)
 
 
+def test_clean_labels_leaves_no_island_slicer_would_count():
+    """A voxel touching the femur only at a corner is an island for Slicer's Islands effect (face connectivity)."""
+    _, labels = phantom(size=(48, 48, 40), spacing=(2.0, 2.0, 2.0))
+    lab = sitk.GetArrayFromImage(labels)
+    femur = np.pad(lab == 1, 1)
+    faces = sum(np.roll(femur, s, axis=a) for a in range(3) for s in (-1, 1))
+    corners = sum(np.roll(femur, (i, j, k), axis=(0, 1, 2)) for i in (-1, 1) for j in (-1, 1) for k in (-1, 1))
+    candidates = np.argwhere((np.pad(lab, 1) == 0) & (faces == 0) & (corners > 0)) - 1
+    corner = tuple(int(c) for c in candidates[len(candidates) // 2])  # background touching the femur at a corner
+    noisy = lab.copy()
+    noisy[corner] = 1
+    cleaned = clean_labels(noisy, labels.GetSpacing())
+    assert cleaned[corner] == 0 and np.array_equal(cleaned, lab)
+    islands = sitk.ConnectedComponent(sitk.GetImageFromArray((cleaned == 1).astype(np.uint8)), False)
+    assert sitk.GetArrayViewFromImage(islands).max() == 1
+
+
 def test_roi_box_validates():
     with pytest.raises(InputError):
         RoiBox((0, 0, 0), (10, -1, 10))

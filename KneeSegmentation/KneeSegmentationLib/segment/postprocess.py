@@ -18,7 +18,9 @@ import SimpleITK as sitk
 from ..constants import BONES, FIBULA, TIBIA
 
 # A component is kept if it has at least this fraction of the bone's largest component: a bone split by the
-# field of view keeps both parts, a speck does not.
+# field of view keeps both parts, a speck does not. Components are face-connected, as Slicer's Islands effect
+# counts them: a few voxels touching the bone only at an edge or a corner (thick slices, resampled boundaries)
+# would be islands a user has to remove by hand.
 MIN_COMPONENT_FRACTION = 0.25
 # Evidence for a fibula component: volume, height (not above the tibia's top by more than this) and
 # antero-posterior place (its centre not more than this in front of the tibia's centre).
@@ -151,8 +153,7 @@ def _plausible_components(mask: np.ndarray, spacing) -> np.ndarray | None:
     """The components of ``mask`` worth keeping; None if none is."""
     if not mask.any():
         return None
-    cc_image = sitk.ConnectedComponent(_image(mask, spacing), True)
-    cc = sitk.GetArrayFromImage(cc_image)
+    cc = sitk.GetArrayFromImage(sitk.ConnectedComponent(_image(mask, spacing), False))  # face-connected
     labels = np.unique(cc[cc > 0])
     sizes = np.bincount(cc.ravel())[labels]
     keep = labels[sizes >= MIN_COMPONENT_FRACTION * sizes.max()]
