@@ -6,6 +6,7 @@ Typical session::
     python -m trainer preview --dataset runs/dataset --out preview.png
     python -m trainer train --dataset runs/dataset --run-dir runs/v1  # resumes if runs/v1/last.pt exists
     python -m trainer evaluate --run-dir runs/v1 --out runs/v1/eval
+    python -m trainer ceiling --dataset runs/dataset --spacing 1.3  # what a perfect network on that grid scores
     python -m trainer calibrate --model CANDIDATE --dataset runs/dataset --out runs/v1/cal  # logit offsets
     python -m trainer export --run-dir runs/v1 --eval runs/v1/eval --calibration runs/v1/cal --version 1
     python -m trainer finetune --model Resources/Models/knee-bones/v4 --cases my_cases --dataset runs/dataset \\
@@ -230,6 +231,13 @@ def cmd_benchmark(a: argparse.Namespace) -> None:
     run_benchmark(a.model, a.out, a.dataset, cases=a.cases, echoes=not a.no_echoes, data=a.data, tta=a.tta)
 
 
+def cmd_ceiling(a: argparse.Namespace) -> None:
+    from .ceiling import grid_ceiling
+
+    for form in a.form:
+        grid_ceiling(a.dataset, a.spacing, form, cases=a.cases, out=a.out / f"ceiling-{form}.csv" if a.out else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from KneeSegmentationLib.cli.args import HelpFormatter
 
@@ -333,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average with the left-right mirrored prediction (default: the pipeline's choice for "
                    "the model, which users get)")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("ceiling", help="the benchmark Dice that perfect probabilities on a model grid reach (how "
+                       "much a grid or a target form allows)")
+    p.add_argument("--dataset", type=Path, default=Path("runs/dataset3"), help="dataset with val/test maps")
+    p.add_argument("--spacing", type=float, nargs="+", default=[1.3], metavar="MM",
+                   help="model grid spacing: one value (isotropic) or x y z")
+    p.add_argument("--form", choices=("centre", "fractions"), nargs="+", default=["centre", "fractions"],
+                   help="perfect one-hot centre classes and/or perfect class fractions")
+    p.add_argument("--cases", choices=("all", "quick"), default="all", help="quick: 3 cases")
+    p.add_argument("--out", type=Path, help="folder for ceiling-FORM.csv (one row per case x bone)")
+    p.set_defaults(func=cmd_ceiling)
     return parser
 
 

@@ -6,15 +6,17 @@ the network learns shape, not contrast. Every range comes from ``ranges.py``. Th
 
 1. spatial: crop centre near the knee joint or anywhere along a bone (shafts, fibula, patella), rotation, scaling, left/right mirror and a
    smooth elastic field map output voxels to the label map (nearest neighbour);
-2. intensities: per-tissue mean and standard deviation, rendered at ``SUPERSAMPLE`` x the model resolution
-   and averaged down (partial volume at tissue borders, e.g. the thin cortical rim);
+2. intensities: per-tissue mean and standard deviation, rendered at ``ranges.SUPERSAMPLE`` x the model
+   resolution and averaged down (partial volume at tissue borders, e.g. the thin cortical rim);
 3. scanner: slice profile and in-plane blur, bias field, thick slices along a random axis, Rician-like noise
    at the acquired resolution, linear interpolation back to the model grid, gamma;
 4. field of view: a random acquired box (knee off-centre, fibula cut at the edge); outside it and outside
    the source map the image is 0, like voxels outside the image at inference;
 5. ``KneeSegmentationLib.segment.preprocess.normalize`` with the inference settings.
 
-The target is the model class (``tissues.TARGET_OF``) at each model-grid voxel centre, 0 outside the box.
+The target is the model class (``tissues.TARGET_OF``) at each model-grid voxel centre, 0 outside the box;
+with ``ranges.SOFT_TARGETS`` also the fraction of each class in each voxel (``Sample.soft``), which training
+then uses instead.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from KneeSegmentationLib.constants import NUM_CLASSES
 from KneeSegmentationLib.errors import InputError
 from KneeSegmentationLib.models.plan import per_axis_spacing
 from KneeSegmentationLib.segment.preprocess import normalize
@@ -34,10 +37,7 @@ from . import ranges as R
 from . import tissues as T
 from .dataset import LabelMap
 
-# Labels are sampled at this multiple of the model resolution and averaged (partial volume). 2 is 4x slower
-# on a CPU (2 cores: 0.6 s instead of 0.15 s per 64^3 sample); at 1 a Gaussian partial-volume blur of
-# PARTIAL_VOLUME_SIGMA_VOX stands in for the averaging.
-SUPERSAMPLE = 1
+# At ``ranges.SUPERSAMPLE`` 1 this Gaussian blur (in model voxels) stands in for averaging the supersampled image.
 PARTIAL_VOLUME_SIGMA_VOX = 0.45
 DEFAULT_NORMALIZATION = {"lower_percentile": 1.0, "upper_percentile": 99.0}
 MIN_INSIDE_FRACTION = 0.05  # a crop showing less of the image than this is redrawn
@@ -50,6 +50,7 @@ class Sample:
     map_id: str
     params: dict
     inside: np.ndarray | None = None  # bool (z, y, x): voxels inside the acquired image
+    soft: np.ndarray | None = None  # float32 (classes, z, y, x): class fractions per voxel (``SOFT_TARGETS``)
 
 
 def _rotation(angles_deg: np.ndarray) -> np.ndarray:
@@ -106,9 +107,14 @@ class Generator:
         self.crop = tuple(int(c) for c in crop)
         self.normalization = dict(normalization or DEFAULT_NORMALIZATION)
         self.bone_crop_p = R.BONE_CROP_P if bone_crop_p is None else bone_crop_p  # read now: a run may override it
+        self.supersample, self.soft_targets = int(R.SUPERSAMPLE), bool(R.SOFT_TARGETS)
+        if self.supersample < 1 or (self.soft_targets and self.supersample < 2):
+            raise ValueError(f"SUPERSAMPLE {self.supersample}: a whole number >= 1 is expected, >= 2 with "
+                             "SOFT_TARGETS (class fractions need several label samples per voxel)")
         self.map_p = map_probabilities(maps)
         # Offsets (z, y, x order) of voxel positions of the fine output grid, centred on 0, in mm.
-        self._fine = [self._axis(n * SUPERSAMPLE, s / SUPERSAMPLE) for n, s in zip(self.crop, self._spacing_zyx)]
+        ss = self.supersample
+        self._fine = [self._axis(n * ss, s / ss) for n, s in zip(self.crop, self._spacing_zyx)]
 
     @staticmethod
     def _axis(n: int, step: float) -> torch.Tensor:
@@ -185,12 +191,13 @@ class Generator:
 
         fine_grid = self._fine_grid(m, c, matrix, elastic)
         labels_fine = self._labels_at(m, fine_grid)
-        labels = labels_fine if SUPERSAMPLE == 1 else self._labels_at(m, fine_grid, SUPERSAMPLE)
+        ss = self.supersample
+        labels = labels_fine if ss == 1 else self._labels_at(m, fine_grid, ss)
 
         means, stds = self._tissue_intensities(rng)
         noise = torch.randn(labels_fine.shape, generator=gen)
         image = means[labels_fine] + stds[labels_fine] * noise
-        image = F.avg_pool3d(image[None, None], SUPERSAMPLE) if SUPERSAMPLE > 1 else image[None, None]
+        image = F.avg_pool3d(image[None, None], ss) if ss > 1 else image[None, None]
         params = {"map": m.id, "center": c.tolist(), "angles": angles.tolist(), "scales": scales.tolist(),
                   "flip": bool(flip)}
         image = self._scanner(image, rng, gen, params)[0, 0]
@@ -200,8 +207,19 @@ class Generator:
             raise InputError("crop outside the image")
         target = torch.from_numpy(T.TARGET_OF)[labels]
         target[~inside] = 0
+        soft = self._class_fractions(labels_fine, inside) if self.soft_targets else None
         image = normalize(image.numpy(), inside.numpy(), **self.normalization)
-        return Sample(image, target.numpy(), m.id, params, inside.numpy())
+        return Sample(image, target.numpy(), m.id, params, inside.numpy(), soft)
+
+    def _class_fractions(self, labels_fine: torch.Tensor, inside: torch.Tensor) -> np.ndarray:
+        """(classes, z, y, x) float32: the share of each model class among a voxel's supersampled labels;
+        certain background outside the acquired box, as the hard target."""
+        classes = torch.from_numpy(T.TARGET_OF)[labels_fine]
+        soft = torch.stack([F.avg_pool3d((classes == c).float()[None, None], self.supersample)[0, 0]
+                            for c in range(NUM_CLASSES)])
+        soft[:, ~inside] = 0.0
+        soft[0, ~inside] = 1.0
+        return soft.numpy()
 
     def _tissue_intensities(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         n = T.NUM_GEN_LABELS
@@ -228,7 +246,7 @@ class Generator:
     def _scanner(self, image: torch.Tensor, rng: np.random.Generator, gen: torch.Generator, params: dict) -> torch.Tensor:
         """Blur, bias, thick slices with noise at the acquired resolution, back to the grid, gamma."""
         sigma_mm = rng.uniform(*R.INPLANE_BLUR_SIGMA_MM)
-        pv = PARTIAL_VOLUME_SIGMA_VOX if SUPERSAMPLE == 1 else 0.0
+        pv = PARTIAL_VOLUME_SIGMA_VOX if self.supersample == 1 else 0.0
         for axis in range(3):
             image = blur_axis(image, math.hypot(sigma_mm / self._spacing_zyx[axis], pv), axis)
         kb = R.BIAS_CONTROL_POINTS

@@ -6,6 +6,13 @@ cross-entropy gets per-class weights (``DEFAULT_CLASS_WEIGHTS``: fibula x3, pate
 --class-weights`` changes them for a run); and the generator centres a share of the crops on the fibula and the
 patella (``ranges.BONE_CROP_P``, ``ranges.BONE_CROP_WEIGHTS``). The weights shift the learned prior towards the
 small bones (they come out too large); ``calibrate`` fits the logit offsets that take most of that back.
+
+Targets are class indices (B, Z, Y, X) or class fractions (B, C, Z, Y, X; ``ranges.SOFT_TARGETS``). With
+fractions the cross-entropy is their expected CE (a one-hot fraction gives the hard CE), and the Dice term takes
+squares in its denominator (V-Net's form, 2 sum(pt) / (sum(p^2) + sum(t^2))). Why: the plain soft Dice pushes each
+border voxel to 0 or 1 (its gradient favours p = 1 wherever t > Dice / 2) and, being averaged over four bones, it
+outweighs the CE there, so a model would learn sharp voxels and lose the sub-voxel border the fractions carry;
+the squared form is largest exactly at p = t.
 """
 from __future__ import annotations
 
@@ -16,12 +23,22 @@ DEFAULT_CLASS_WEIGHTS = (1.0, 1.0, 1.0, 3.0, 2.0)  # background, femur, tibia, f
 DICE_SMOOTH = 1.0  # voxels; keeps the Dice of a bone absent from the whole batch finite
 
 
+def as_fractions(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, C, Z, Y, X) class fractions of a target given as indices (one-hot) or already as fractions."""
+    if target.is_floating_point():
+        return target
+    return F.one_hot(target, num_classes).permute(0, 4, 1, 2, 3).float()
+
+
 def soft_dice_per_class(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft Dice of each class over the whole batch, shape (C,)."""
-    onehot = F.one_hot(target, probs.shape[1]).permute(0, 4, 1, 2, 3).to(probs.dtype)
+    """Soft Dice of each class over the whole batch, shape (C,); squared denominator for fractions."""
+    fractions = as_fractions(target, probs.shape[1]).to(probs.dtype)
     dims = (0, 2, 3, 4)
-    inter = (probs * onehot).sum(dims)
-    total = probs.sum(dims) + onehot.sum(dims)
+    inter = (probs * fractions).sum(dims)
+    if target.is_floating_point():
+        total = (probs * probs).sum(dims) + (fractions * fractions).sum(dims)
+    else:
+        total = probs.sum(dims) + fractions.sum(dims)
     return (2 * inter + DICE_SMOOTH) / (total + DICE_SMOOTH)
 
 
@@ -29,7 +46,12 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: torc
                  dice_weight: float = 1.0, ce_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, parts): ``ce_weight`` x weighted CE + ``dice_weight`` x (1 - mean soft Dice of the bones)."""
     logits = logits.float()
-    ce = F.cross_entropy(logits, target, weight=class_weights.to(logits.device))
+    weight = class_weights.to(logits.device)
+    if target.is_floating_point():  # fractions: normalized like the hard case, by the weight of the truth
+        ce = -(torch.log_softmax(logits, dim=1) * target * weight.view(1, -1, 1, 1, 1)).sum() / (
+            (target * weight.view(1, -1, 1, 1, 1)).sum())
+    else:
+        ce = F.cross_entropy(logits, target, weight=weight)
     dice = soft_dice_per_class(torch.softmax(logits, dim=1), target)[1:]
     dice_loss = 1 - dice.mean()
     loss = ce_weight * ce + dice_weight * dice_loss

@@ -115,7 +115,8 @@ def plan_acquisition(labelmap: LabelMap, plane: str, rng: np.random.Generator) -
                        tuple(float(c) for c in center), thickness)
 
 
-def _map_image(labelmap: LabelMap, array: np.ndarray) -> sitk.Image:
+def map_image(labelmap: LabelMap, array: np.ndarray) -> sitk.Image:
+    """``array`` (z, y, x, on the map's grid) as an image placed where the map lies in patient space."""
     img = sitk.GetImageFromArray(array)
     img.SetOrigin([float(o) for o in labelmap.origin])
     img.SetSpacing((float(labelmap.spacing),) * 3)
@@ -141,7 +142,7 @@ def render_acquisition(labelmap: LabelMap, acq: Acquisition, contrast: str,
     texture[labels <= T.AIR] = 0.0
     painted += texture
     del texture
-    fine = sitk.SmoothingRecursiveGaussian(_map_image(labelmap, painted), 0.5 * labelmap.spacing)
+    fine = sitk.SmoothingRecursiveGaussian(map_image(labelmap, painted), 0.5 * labelmap.spacing)
     del painted
     # Rectangular slice profile: the mean of sub-slices across the thickness, each resampled linearly.
     n_sub = max(3, int(math.ceil(acq.thickness_mm / (0.5 * labelmap.spacing))))
@@ -160,7 +161,7 @@ def render_acquisition(labelmap: LabelMap, acq: Acquisition, contrast: str,
     ref = acq.reference()
     image = sitk.GetImageFromArray(pixels)
     image.CopyInformation(ref)
-    gen = sitk.Resample(_map_image(labelmap, labels), ref, sitk.Transform(), sitk.sitkNearestNeighbor,
+    gen = sitk.Resample(map_image(labelmap, labels), ref, sitk.Transform(), sitk.sitkNearestNeighbor,
                         T.OUTSIDE, sitk.sitkUInt8)
     truth = sitk.GetImageFromArray(T.TARGET_OF[sitk.GetArrayViewFromImage(gen)].astype(np.uint8))
     truth.CopyInformation(ref)

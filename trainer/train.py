@@ -30,7 +30,7 @@ from . import ranges
 from .config import TrainConfig
 from .dataset import load_dataset
 from .generator import Generator, Sample
-from .losses import dice_ce_loss
+from .losses import as_fractions, dice_ce_loss
 from .runfolder import (BEST, LAST, STOP_FILE, TRAIN_COLUMNS, VAL_COLUMNS, append_csv, atomic_save,
                         load_checkpoint, plot_curves, rewrite_csv, rng_state, set_rng_state)
 from .schedule import CALIBRATION_STEPS, Dist, fit_budget, lr_factor, setup_distributed
@@ -89,6 +89,8 @@ class BatchSource:
         self.cfg, self.generator, self.cases = cfg, generator, cases
 
     def batch(self, rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images (B, 1, Z, Y, X), targets): class indices (B, Z, Y, X), or class fractions (B, C, Z, Y, X)
+        when the generator makes them (a corrected case's labels then count as one-hot fractions)."""
         xs, ys = [], []
         for _ in range(self.cfg.batch):
             if self.cases is not None and rng.random() < self.cfg.case_fraction:
@@ -97,6 +99,9 @@ class BatchSource:
                 s = self.generator.sample(rng, gen)
             xs.append(torch.from_numpy(s.image))
             ys.append(torch.from_numpy(s.target))
+            if self.generator.soft_targets:
+                soft = s.soft if s.soft is not None else as_fractions(ys[-1][None], NUM_CLASSES)[0].numpy()
+                ys[-1] = torch.from_numpy(soft)
         return torch.stack(xs)[:, None], torch.stack(ys)
 
 

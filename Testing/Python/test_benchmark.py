@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from KneeSegmentationLib.segment.preprocess import whole_image_grid
+
 from trainer import benchmark as B
 from trainer import render as R
 from trainer import tissues as T
@@ -126,3 +128,25 @@ def test_quick_benchmark_with_tiny_model(tiny_dataset, tiny_model, tmp_path):
     assert saved["line"] == lines[-1] and saved["line"].startswith("tiny-phantom/v1 benchmark")
     assert (out / "benchmark.png").stat().st_size > 1000
     assert not B.compare(saved, saved) and summary["bones"] == saved["bones"]
+
+
+def test_the_ceiling_of_a_grid_is_what_perfect_probabilities_on_it_score(tiny_dataset, tmp_path):
+    from trainer.ceiling import grid_ceiling, perfect_probabilities
+
+    fine = grid_ceiling(tiny_dataset, 1.0, "centre", cases="quick", out=tmp_path / "c.csv", log=lambda *_: None)
+    coarse = grid_ceiling(tiny_dataset, 3.0, "centre", cases="quick", log=lambda *_: None)
+    fractions = grid_ceiling(tiny_dataset, 3.0, "fractions", cases="quick", log=lambda *_: None)
+    for bone in ("Femur", "Tibia"):
+        assert 0.9 < fine[bone]["mean"] < 1.0  # the grid alone costs something, even at 1 mm
+        assert coarse[bone]["mean"] < fine[bone]["mean"] - 0.01  # a coarser grid allows less...
+        assert fractions[bone]["mean"] > coarse[bone]["mean"]  # ...and fractions win back part of it
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert rows[0] == "case,bone,dice" and len(rows) > 3
+    m = load_dataset(tiny_dataset, B.ROLES)[0]
+    image, _ = R.render_case(m, "sagittal", "T1", 1)
+    grid, _ = whole_image_grid(image, (3.0,) * 3, (24, 24, 24), 8)
+    centre, soft = perfect_probabilities(m, grid, "centre"), perfect_probabilities(m, grid, "fractions")
+    assert set(np.unique(centre).tolist()) == {0.0, 1.0} and np.allclose(centre.sum(0), 1.0)
+    assert np.allclose(soft.sum(0), 1.0, atol=1e-3) and ((soft > 0.05) & (soft < 0.95)).any()
+    with pytest.raises(ValueError, match="form"):
+        perfect_probabilities(m, grid, "blurred")

@@ -9,9 +9,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from KneeSegmentationLib.constants import NUM_CLASSES
 from KneeSegmentationLib.errors import DatasetError
 from KneeSegmentationLib.segment.preprocess import NORMALIZED_RANGE
 
+from trainer import ranges
 from trainer import tissues as T
 from trainer.dataset import SourceMap, load_dataset, prepare, read_manifest
 from trainer.generator import Generator
@@ -172,3 +174,27 @@ def test_marrow_is_drawn_like_fat_often_but_not_always(dataset, monkeypatch):
     monkeypatch.setattr(R, "BAND_LIKE_FAT_P", 1.0)
     means, _ = gen._tissue_intensities(np.random.default_rng(4))
     assert float(means[T.FLUID]) == float(means[T.FAT])
+
+
+def test_soft_targets_are_the_class_fractions_of_each_voxel(dataset):
+    maps = load_dataset(dataset, ("train",))
+    with ranges.overridden({"SUPERSAMPLE": 2, "SOFT_TARGETS": True}):
+        gen = Generator(maps, TINY_SPACING, TINY_CROP)
+    s = gen.sample(np.random.default_rng(1), torch.Generator().manual_seed(1))
+    soft = s.soft
+    assert soft.shape == (NUM_CLASSES, *TINY_CROP) and soft.dtype == np.float32
+    assert np.allclose(soft.sum(axis=0), 1.0, atol=1e-5) and soft.min() >= 0.0
+    assert np.all(soft[0][~s.inside] == 1.0)  # outside the acquired box: certain background, as the hard target
+    pure = soft.max(axis=0) == 1.0
+    assert np.array_equal(soft.argmax(axis=0)[pure], s.target[pure])  # a voxel of one class has that class
+    border = ~pure & s.inside
+    assert border.mean() > 0.02  # the bones' borders are mixtures, in steps of 1/8 (2^3 label samples)
+    assert np.allclose(soft[:, border] * 8, np.round(soft[:, border] * 8), atol=1e-4)
+
+
+def test_soft_targets_without_supersampling_are_refused(dataset):
+    maps = load_dataset(dataset, ("train",))
+    with ranges.overridden({"SOFT_TARGETS": True}), pytest.raises(ValueError, match="SUPERSAMPLE"):
+        Generator(maps, TINY_SPACING, TINY_CROP)
+    hard = Generator(maps, TINY_SPACING, TINY_CROP).sample(np.random.default_rng(1), torch.Generator().manual_seed(1))
+    assert hard.soft is None

@@ -15,7 +15,8 @@ from KneeSegmentationLib.models.network import UNet3D, UNetConfig
 
 from trainer.dataset import load_dataset
 from trainer.generator import Generator
-from trainer.losses import dice_ce_loss
+from trainer import ranges
+from trainer.losses import as_fractions, dice_ce_loss
 from trainer.runfolder import BEST, LAST, STOP_FILE, load_checkpoint
 from trainer.schedule import lr_factor
 from trainer.train import BatchSource, train
@@ -214,3 +215,42 @@ def test_cpu_training_uses_bfloat16_where_the_cpu_has_it():
     cfg.amp = False
     with autocast(torch.device("cpu"), cfg):
         assert net(torch.randn(1, 1, 16, 16, 16)).dtype == torch.float32
+
+
+def test_soft_targets_are_fitted_by_predicting_the_fractions():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 6, 7, 8)
+    target = torch.randint(0, 5, (2, 6, 7, 8))
+    weights = torch.tensor([1.0, 1.0, 1.0, 3.0, 2.0])
+    _, hard = dice_ce_loss(logits, target, weights)
+    _, soft = dice_ce_loss(logits, as_fractions(target, 5), weights)
+    assert abs(hard["ce"] - soft["ce"]) < 1e-5  # one-hot fractions: the hard cross-entropy
+    # Both terms are smallest where the prediction is the fractions, borders included.
+    fractions = torch.softmax(2 * torch.randn(2, 5, 6, 7, 8), dim=1)
+    _, at_truth = dice_ce_loss(torch.log(fractions), fractions, weights)
+    sharper = torch.log(fractions) * 3  # the same classes, each voxel pushed towards 0 or 1
+    _, sharp = dice_ce_loss(sharper, fractions, weights)
+    assert at_truth["dice_loss"] < 1e-3 < sharp["dice_loss"]
+    assert at_truth["ce"] < sharp["ce"]
+
+
+def test_training_on_soft_targets_learns_and_batches_them_as_fractions(dataset, tmp_path):
+    cfg = tiny_config(dataset, tmp_path / "soft", steps=4, synthesis={"SUPERSAMPLE": 2, "SOFT_TARGETS": True})
+    with ranges.overridden(cfg.synthesis):
+        gen = Generator(load_dataset(dataset, ("train",)), TINY_SPACING, TINY_CROP)
+    x, y = BatchSource(cfg, gen).batch(np.random.default_rng(0), torch.Generator().manual_seed(0))
+    assert y.shape == (2, 5, *TINY_CROP) and y.is_floating_point()
+    assert torch.allclose(y.sum(1), torch.ones(()), atol=1e-5)
+    torch.manual_seed(0)
+    net = UNet3D(UNetConfig(features=(4, 8)))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss, _ = dice_ce_loss(net(x), y, torch.tensor(cfg.class_weights))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0]
+    result = train(cfg, resume=False, log=lambda *_: None)  # the run itself, its worker process included
+    assert result["steps"] == 4 and (tmp_path / "soft" / LAST).is_file()
