@@ -16,7 +16,7 @@ the network learns shape, not contrast. Every range comes from ``ranges.py``. Th
 
 The target is the model class (``tissues.TARGET_OF``) at each model-grid voxel centre, 0 outside the box;
 with ``ranges.SOFT_TARGETS`` also the fraction of each class in each voxel (``Sample.soft``), which training
-then uses instead.
+then uses instead; with ``ranges.FINE_TARGETS`` the class at each supersampled point (``Sample.fine``).
 """
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ class Sample:
     params: dict
     inside: np.ndarray | None = None  # bool (z, y, x): voxels inside the acquired image
     soft: np.ndarray | None = None  # float32 (classes, z, y, x): class fractions per voxel (``SOFT_TARGETS``)
+    fine: np.ndarray | None = None  # uint8 (z, y, x) x SUPERSAMPLE: the class at each supersampled point (``FINE_TARGETS``)
 
 
 def _rotation(angles_deg: np.ndarray) -> np.ndarray:
@@ -78,6 +79,13 @@ def blur_axis(vol: torch.Tensor, sigma_vox: float, axis: int) -> torch.Tensor:
     pad = [0, 0, 0, 0, 0, 0]
     pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = len(k) // 2
     return F.conv3d(F.pad(vol, pad, mode="replicate"), k.view(shape))
+
+
+def upsampled(mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """Each voxel of ``mask`` (z, y, x) repeated ``factor`` times along every axis (its supersampled points)."""
+    for axis in range(3):
+        mask = mask.repeat_interleave(factor, dim=axis)
+    return mask
 
 
 def map_probabilities(maps: list[LabelMap]) -> np.ndarray:
@@ -108,9 +116,12 @@ class Generator:
         self.normalization = dict(normalization or DEFAULT_NORMALIZATION)
         self.bone_crop_p = R.BONE_CROP_P if bone_crop_p is None else bone_crop_p  # read now: a run may override it
         self.supersample, self.soft_targets = int(R.SUPERSAMPLE), bool(R.SOFT_TARGETS)
-        if self.supersample < 1 or (self.soft_targets and self.supersample < 2):
+        self.fine_targets = bool(R.FINE_TARGETS)
+        if self.supersample < 1 or ((self.soft_targets or self.fine_targets) and self.supersample < 2):
             raise ValueError(f"SUPERSAMPLE {self.supersample}: a whole number >= 1 is expected, >= 2 with "
-                             "SOFT_TARGETS (class fractions need several label samples per voxel)")
+                             "SOFT_TARGETS or FINE_TARGETS (they need several label samples per voxel)")
+        if self.soft_targets and self.fine_targets:
+            raise ValueError("SOFT_TARGETS and FINE_TARGETS are two forms of one target: choose one")
         self.map_p = map_probabilities(maps)
         # Offsets (z, y, x order) of voxel positions of the fine output grid, centred on 0, in mm.
         ss = self.supersample
@@ -208,8 +219,15 @@ class Generator:
         target = torch.from_numpy(T.TARGET_OF)[labels]
         target[~inside] = 0
         soft = self._class_fractions(labels_fine, inside) if self.soft_targets else None
+        fine = self._fine_classes(labels_fine, inside) if self.fine_targets else None
         image = normalize(image.numpy(), inside.numpy(), **self.normalization)
-        return Sample(image, target.numpy(), m.id, params, inside.numpy(), soft)
+        return Sample(image, target.numpy(), m.id, params, inside.numpy(), soft, fine)
+
+    def _fine_classes(self, labels_fine: torch.Tensor, inside: torch.Tensor) -> np.ndarray:
+        """uint8 (z, y, x) x supersample: the model class at each supersampled point; 0 outside the box."""
+        classes = torch.from_numpy(T.TARGET_OF.astype(np.uint8))[labels_fine]
+        classes[~upsampled(inside, self.supersample)] = 0
+        return classes.numpy()
 
     def _class_fractions(self, labels_fine: torch.Tensor, inside: torch.Tensor) -> np.ndarray:
         """(classes, z, y, x) float32: the share of each model class among a voxel's supersampled labels;

@@ -42,9 +42,34 @@ def soft_dice_per_class(probs: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return (2 * inter + DICE_SMOOTH) / (total + DICE_SMOOTH)
 
 
+def finer_probabilities(logits: torch.Tensor, factor: int) -> torch.Tensor:
+    """Softmax probabilities interpolated linearly onto ``factor`` points per voxel and axis, the points of a
+    supersampled target (offsets of +-1/4 voxel for 2, as ``F.interpolate`` without aligned corners places
+    them): what the pipeline does to the probabilities before its argmax on a finer acquisition grid."""
+    return F.interpolate(torch.softmax(logits, dim=1), scale_factor=factor, mode="trilinear", align_corners=False)
+
+
+def fine_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor,
+                      dice_weight: float = 1.0, ce_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """``dice_ce_loss`` of the probabilities interpolated onto a target ``factor`` times finer per axis
+    (``ranges.FINE_TARGETS``): weighted CE and plain soft Dice of the bones, at the target's points."""
+    factor = target.shape[-1] // logits.shape[-1]
+    if factor < 2 or any(t != factor * n for t, n in zip(target.shape[-3:], logits.shape[-3:])):
+        raise ValueError(f"a fine target {tuple(target.shape[-3:])} must be a whole multiple >= 2 of the "
+                         f"logits' {tuple(logits.shape[-3:])}")
+    probs = finer_probabilities(logits.float(), factor)
+    ce = F.nll_loss(torch.log(probs.clamp_min(1e-6)), target, weight=class_weights.to(logits.device))
+    dice_loss = 1 - soft_dice_per_class(probs, target)[1:].mean()
+    loss = ce_weight * ce + dice_weight * dice_loss
+    return loss, {"ce": float(ce.detach()), "dice_loss": float(dice_loss.detach())}
+
+
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor,
                  dice_weight: float = 1.0, ce_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """(loss, parts): ``ce_weight`` x weighted CE + ``dice_weight`` x (1 - mean soft Dice of the bones)."""
+    """(loss, parts): ``ce_weight`` x weighted CE + ``dice_weight`` x (1 - mean soft Dice of the bones); a
+    class-index target finer than the logits goes to ``fine_dice_ce_loss``."""
+    if not target.is_floating_point() and target.shape[-3:] != logits.shape[-3:]:
+        return fine_dice_ce_loss(logits, target, class_weights, dice_weight, ce_weight)
     logits = logits.float()
     weight = class_weights.to(logits.device)
     if target.is_floating_point():  # fractions: normalized like the hard case, by the weight of the truth

@@ -87,9 +87,17 @@ NOISE_STD = (0.0, 0.10)  # Rician-like noise: |signal + N(0,s) + i N(0,s)|, s re
 # fraction of each class in it (from the same supersampled labels) instead of the class at its centre: the model
 # then learns where inside its 1.3 mm voxels a border lies, which the linear resampling to a finer acquisition
 # grid turns into sub-voxel outlines (perfect fractions on the 1.3 mm grid score Fibula 0.971 / Patella 0.976
-# on the benchmark, perfect centre classes 0.954 / 0.961). Both cost time: 0.10 -> 0.81 s per 96^3 sample.
+# on the benchmark, perfect centre classes 0.954 / 0.961: ``python -m trainer ceiling``). Both cost time: 0.10 ->
+# 0.70 s per 96^3 sample, 0.07 -> 0.48 s per 80^3 (one thread). Tried from the v14 candidate (80^3 crops, lr 2e-4,
+# 1265 steps, 35 min): its validation fell to 0.846 where v14 scores 0.864 on the same cases (Fibula 0.637 against
+# 0.696), so it was stopped: the squared-denominator Dice that fractions need pulls far less on a small bone.
+# With FINE_TARGETS the target is instead the class at each supersampled point, and training scores the network's
+# probabilities interpolated linearly onto those points (``losses.dice_ce_loss``), the very resampling the
+# pipeline applies before its argmax: the network learns sub-voxel borders through that interpolation, with the
+# plain soft Dice (whose pull towards sharp voxels is then harmless: sharp at the finer points).
 SUPERSAMPLE = 1
 SOFT_TARGETS = False  # needs SUPERSAMPLE >= 2
+FINE_TARGETS = False  # needs SUPERSAMPLE >= 2; not with SOFT_TARGETS
 
 # --- Background pseudo-tissues, made once in ``prepare`` (distance bands and a smooth random field) ------
 FLUID_BAND_MM = 2.0  # soft tissue / joint fluid within this distance of a labelled structure

@@ -29,7 +29,7 @@ from KneeSegmentationLib.learn.contract import CONFIG_FILE, TRAIN_LOG, VAL_LOG, 
 from . import ranges
 from .config import TrainConfig
 from .dataset import load_dataset
-from .generator import Generator, Sample
+from .generator import Generator, Sample, upsampled
 from .losses import as_fractions, dice_ce_loss
 from .runfolder import (BEST, LAST, STOP_FILE, TRAIN_COLUMNS, VAL_COLUMNS, append_csv, atomic_save,
                         load_checkpoint, plot_curves, rewrite_csv, rng_state, set_rng_state)
@@ -102,6 +102,9 @@ class BatchSource:
             if self.generator.soft_targets:
                 soft = s.soft if s.soft is not None else as_fractions(ys[-1][None], NUM_CLASSES)[0].numpy()
                 ys[-1] = torch.from_numpy(soft)
+            elif self.generator.fine_targets:  # a corrected case has no finer labels: each voxel's class, repeated
+                fine = torch.from_numpy(s.fine).long() if s.fine is not None else None
+                ys[-1] = fine if fine is not None else upsampled(ys[-1], self.generator.supersample)
         return torch.stack(xs)[:, None], torch.stack(ys)
 
 

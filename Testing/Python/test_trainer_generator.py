@@ -198,3 +198,22 @@ def test_soft_targets_without_supersampling_are_refused(dataset):
         Generator(maps, TINY_SPACING, TINY_CROP)
     hard = Generator(maps, TINY_SPACING, TINY_CROP).sample(np.random.default_rng(1), torch.Generator().manual_seed(1))
     assert hard.soft is None
+
+
+def test_fine_targets_are_the_classes_at_the_supersampled_points(dataset):
+    maps = load_dataset(dataset, ("train",))
+    with ranges.overridden({"SUPERSAMPLE": 2, "FINE_TARGETS": True}):
+        gen = Generator(maps, TINY_SPACING, TINY_CROP)
+    s = gen.sample(np.random.default_rng(1), torch.Generator().manual_seed(1))
+    assert s.fine.shape == tuple(2 * c for c in TINY_CROP) and s.fine.dtype == np.uint8 and s.soft is None
+    blocks = s.fine.reshape(TINY_CROP[0], 2, TINY_CROP[1], 2, TINY_CROP[2], 2).transpose(0, 2, 4, 1, 3, 5)
+    blocks = blocks.reshape(*TINY_CROP, 8)
+    assert not blocks[~s.inside].any()  # outside the acquired box: background at every point
+    pure = (blocks == blocks[..., :1]).all(-1)
+    assert np.mean(blocks[pure][:, 0] == s.target[pure]) > 0.97  # a voxel whose 8 points agree has their class
+    assert (~pure & s.inside).mean() > 0.02  # the borders pass through voxels
+    with ranges.overridden({"SUPERSAMPLE": 2, "FINE_TARGETS": True, "SOFT_TARGETS": True}), \
+            pytest.raises(ValueError, match="choose one"):
+        Generator(maps, TINY_SPACING, TINY_CROP)
+    with ranges.overridden({"FINE_TARGETS": True}), pytest.raises(ValueError, match="SUPERSAMPLE"):
+        Generator(maps, TINY_SPACING, TINY_CROP)

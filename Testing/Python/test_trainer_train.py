@@ -254,3 +254,37 @@ def test_training_on_soft_targets_learns_and_batches_them_as_fractions(dataset, 
     assert losses[-1] < 0.8 * losses[0]
     result = train(cfg, resume=False, log=lambda *_: None)  # the run itself, its worker process included
     assert result["steps"] == 4 and (tmp_path / "soft" / LAST).is_file()
+
+
+def test_a_fine_target_scores_the_probabilities_where_the_pipeline_interpolates_them():
+    from trainer.losses import finer_probabilities
+
+    # A border at 3.6 voxels along x, seen at the fine points (+-1/4 voxel around each centre).
+    n, border = 8, 3.6
+    fine_x = (torch.arange(2 * n) + 0.5) / 2 - 0.5
+    fine = (fine_x < border).long().view(1, 1, 1, -1).expand(1, 2, 2, 2 * n).contiguous()
+
+    def logits_with_border_at(e):
+        x = torch.arange(n, dtype=torch.float32)
+        bone = 3.0 * (e - x)
+        return torch.stack([torch.zeros(n), bone]).view(1, 2, 1, 1, n).expand(1, 2, 1, 1, n).contiguous()
+
+    weights = torch.ones(2)
+    right, _ = dice_ce_loss(logits_with_border_at(border), fine, weights)
+    off, _ = dice_ce_loss(logits_with_border_at(border + 0.5), fine, weights)
+    assert right < off
+    probs = finer_probabilities(logits_with_border_at(border), 2)
+    assert probs.shape == (1, 2, 2, 2, 2 * n)
+    assert torch.equal(probs[0, 1, 0, 0] > 0.5, fine[0, 0, 0] == 1)  # its argmax is the fine target
+    with pytest.raises(ValueError, match="whole multiple"):
+        dice_ce_loss(logits_with_border_at(border), fine[..., :-1], weights)
+
+
+def test_training_on_fine_targets_batches_them_at_the_supersampled_points(dataset, tmp_path):
+    cfg = tiny_config(dataset, tmp_path / "fine", steps=3, synthesis={"SUPERSAMPLE": 2, "FINE_TARGETS": True})
+    with ranges.overridden(cfg.synthesis):
+        gen = Generator(load_dataset(dataset, ("train",)), TINY_SPACING, TINY_CROP)
+    x, y = BatchSource(cfg, gen).batch(np.random.default_rng(0), torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, *TINY_CROP) and y.shape == (2, *(2 * c for c in TINY_CROP)) and y.dtype == torch.int64
+    result = train(cfg, resume=False, log=lambda *_: None)
+    assert result["steps"] == 3 and (tmp_path / "fine" / LAST).is_file()
