@@ -73,8 +73,8 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: torc
     logits = logits.float()
     weight = class_weights.to(logits.device)
     if target.is_floating_point():  # fractions: normalized like the hard case, by the weight of the truth
-        ce = -(torch.log_softmax(logits, dim=1) * target * weight.view(1, -1, 1, 1, 1)).sum() / (
-            (target * weight.view(1, -1, 1, 1, 1)).sum())
+        weighted = target * weight.view(1, -1, 1, 1, 1)
+        ce = -(torch.log_softmax(logits, dim=1) * weighted).sum() / weighted.sum()
     else:
         ce = F.cross_entropy(logits, target, weight=weight)
     dice = soft_dice_per_class(torch.softmax(logits, dim=1), target)[1:]

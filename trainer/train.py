@@ -89,8 +89,7 @@ class BatchSource:
         self.cfg, self.generator, self.cases = cfg, generator, cases
 
     def batch(self, rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images (B, 1, Z, Y, X), targets): class indices (B, Z, Y, X), or class fractions (B, C, Z, Y, X)
-        when the generator makes them (a corrected case's labels then count as one-hot fractions)."""
+        """(images (B, 1, Z, Y, X), targets in the generator's form, see ``target``)."""
         xs, ys = [], []
         for _ in range(self.cfg.batch):
             if self.cases is not None and rng.random() < self.cfg.case_fraction:
@@ -98,14 +97,19 @@ class BatchSource:
             else:
                 s = self.generator.sample(rng, gen)
             xs.append(torch.from_numpy(s.image))
-            ys.append(torch.from_numpy(s.target))
-            if self.generator.soft_targets:
-                soft = s.soft if s.soft is not None else as_fractions(ys[-1][None], NUM_CLASSES)[0].numpy()
-                ys[-1] = torch.from_numpy(soft)
-            elif self.generator.fine_targets:  # a corrected case has no finer labels: each voxel's class, repeated
-                fine = torch.from_numpy(s.fine).long() if s.fine is not None else None
-                ys[-1] = fine if fine is not None else upsampled(ys[-1], self.generator.supersample)
+            ys.append(self.target(s))
         return torch.stack(xs)[:, None], torch.stack(ys)
+
+    def target(self, s: Sample) -> torch.Tensor:
+        """Class indices (Z, Y, X); class fractions (C, Z, Y, X) with ``SOFT_TARGETS``; class indices at the
+        supersampled points with ``FINE_TARGETS``. A corrected case knows only its voxels' classes: one-hot
+        fractions, or each class repeated at its voxel's points."""
+        target = torch.from_numpy(s.target)
+        if self.generator.soft_targets:
+            return torch.from_numpy(s.soft) if s.soft is not None else as_fractions(target[None], NUM_CLASSES)[0]
+        if self.generator.fine_targets:
+            return torch.from_numpy(s.fine).long() if s.fine is not None else upsampled(target, self.generator.supersample)
+        return target
 
 
 def step_seeds(seed: int, rank: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
